@@ -1,0 +1,132 @@
+"""The interface every method shares: a loss given a network and a batch, a sampler given noise.
+
+A method is a small dataclass of hyper-parameters; it never owns weights. The training loop only
+calls :meth:`Method.loss` and :meth:`Method.sample`, so it knows nothing about any one method.
+
+Convention: t = 0 is data, t = 1 is noise, ``z_t = (1 - t) x + t e`` and ``v = e - x``.
+Networks are called as ``net(z, t, h, y)`` with ``h = t - r`` (``h = 0`` for single-time methods).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from meanflow.errors import UserError
+
+
+@dataclass
+class LossOutput:
+    """What :meth:`Method.loss` returns.
+
+    Attributes:
+        loss: Scalar tensor to call ``backward()`` on.
+        metrics: Detached scalars for logging (``"loss"`` always present), as 0-dim tensors so that
+            logging does not force a device synchronisation on every step.
+    """
+
+    loss: Tensor
+    metrics: dict[str, float | Tensor] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """Base of all methods: hyper-parameters in, a loss and a sampler out."""
+
+    @abc.abstractmethod
+    def loss(
+        self,
+        net: nn.Module,
+        x: Tensor,
+        y: Tensor | None = None,
+        *,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        r: Tensor | None = None,
+    ) -> LossOutput:
+        """Training loss on one batch.
+
+        Args:
+            net: Network ``net(z, t, h, y) -> [B, *S]`` (possibly DDP-wrapped).
+            x: Data batch, shape ``[B, *S]``.
+            y: Class ids ``[B]`` (long) or ``None``.
+            noise: Overrides the Gaussian draw ``e``, shape ``[B, *S]``.
+            t: Overrides the time draw, shape ``[B]``.
+            r: Overrides the second time draw (two-time methods only), shape ``[B]``.
+
+        Returns:
+            A :class:`LossOutput`.
+        """
+
+    @abc.abstractmethod
+    def sample(
+        self,
+        net: nn.Module,
+        noise: Tensor,
+        y: Tensor | None = None,
+        steps: int = 1,
+        schedule: Tensor | None = None,
+    ) -> Tensor:
+        """Map noise ``[B, *S]`` at t = 1 to samples ``[B, *S]`` at t = 0."""
+
+
+def expand_like(a: Tensor, x: Tensor) -> Tensor:
+    """Reshape a per-sample tensor ``[B]`` to ``[B, 1, ..., 1]`` so it broadcasts against ``x``."""
+    return a.reshape(a.shape[0], *([1] * (x.ndim - 1)))
+
+
+def per_sample_sq(d: Tensor) -> Tensor:
+    """Squared error summed over all non-batch dims: ``[B, *S] -> [B]``."""
+    return d.square().flatten(1).sum(dim=1)
+
+
+def interpolate(x: Tensor, e: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Linear path: ``z_t = (1 - t) x + t e`` and its conditional velocity ``v = e - x``.
+
+    Args:
+        x: Data ``[B, *S]``.
+        e: Noise ``[B, *S]``.
+        t: Times ``[B]``.
+
+    Returns:
+        ``(z_t, v)``, both ``[B, *S]``.
+    """
+    tb = expand_like(t, x)
+    return (1 - tb) * x + tb * e, e - x
+
+
+def check_override(name: str, value: Tensor | None, shape: tuple[int, ...]) -> None:
+    """Raise :class:`UserError` when an override tensor (noise, t, r) has the wrong shape."""
+    if value is not None and tuple(value.shape) != tuple(shape):
+        raise UserError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+
+
+def resolve_schedule(steps: int, schedule: Tensor | None, device: torch.device) -> Tensor:
+    """The time grid a k-step sampler walks, validated.
+
+    Args:
+        steps: Number of steps k >= 1. When ``schedule`` is given, ``steps`` must be 1 (the default,
+            then the schedule decides) or equal ``len(schedule) - 1``.
+        schedule: Optional strictly decreasing 1-D tensor from 1 to 0, length k + 1.
+        device: Device of the returned grid.
+
+    Returns:
+        Float64 tensor ``[k + 1]`` with ``t_0 = 1 > t_1 > ... > t_k = 0`` (cast it to the samples'
+        dtype at use).
+    """
+    from meanflow.methods.time_sampling import uniform_schedule
+
+    if schedule is None:
+        return uniform_schedule(steps, device=device)
+    s = torch.as_tensor(schedule, dtype=torch.float64).to(device)
+    if s.ndim != 1 or s.numel() < 2:
+        raise UserError(f"schedule must be a 1-D tensor of length >= 2, got shape {tuple(s.shape)}")
+    if steps != 1 and steps != s.numel() - 1:
+        raise UserError(f"schedule has {s.numel() - 1} steps but steps={steps}")
+    if not bool((s[1:] < s[:-1]).all()):
+        raise UserError("schedule must be strictly decreasing")
+    if abs(float(s[0]) - 1.0) > 1e-6 or abs(float(s[-1])) > 1e-6:
+        raise UserError(f"schedule must go from 1 to 0, got {float(s[0])} -> {float(s[-1])}")
+    return s

@@ -1,0 +1,78 @@
+"""One Jacobian-vector product of a network, by the fastest route it supports.
+
+For ``out = net(z, t, h, y)`` and a tangent ``(dz, dt, dh)`` this returns ``out`` and
+
+    dout = d/de net(z + e dz, t + e dt, h + e dh, y)  at e = 0.
+
+MeanFlow needs ``du/dt`` along the tangent ``(v, 0, 1)`` on ``(z, r, t)``; since networks take
+``h = t - r``, that is ``(dz, dt, dh) = (v, 1, 1)`` on ``(z, t, h)``.
+
+Routes:
+
+1. **Tangent mode** (``supports_tangents`` on the network, or on ``net.module`` for a DDP
+   wrapper): one call ``net(z, t, h, y, tangents=(dz, dt, dh))``; the network computes ``dout``
+   without an autograd graph, at about the cost of one extra forward.
+2. **Fallback**: ``torch.func.jvp`` over ``net`` with the math SDPA backend, because the fused
+   attention kernels have no forward-mode derivative.
+
+Both routes call the object they are given (the DDP wrapper, not ``.module``): calling the inner
+module would skip DDP's gradient all-reduce hooks and let replicas drift silently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def supports_tangents(net: nn.Module) -> bool:
+    """Whether ``net`` (or the module a DDP-style wrapper holds) implements tangent mode."""
+    if getattr(net, "supports_tangents", False):
+        return True
+    inner = getattr(net, "module", None)
+    return bool(inner is not None and getattr(inner, "supports_tangents", False))
+
+
+def jvp(
+    net: nn.Module,
+    z: Tensor,
+    t: Tensor,
+    h: Tensor,
+    y: Tensor | None,
+    dz: Tensor,
+    dt: Tensor,
+    dh: Tensor,
+    *,
+    use_tangents: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Network output and its directional derivative along ``(dz, dt, dh)``.
+
+    Args:
+        net: Network ``net(z, t, h, y) -> [B, *S]``, possibly wrapped (DDP); always called directly.
+        z: Noisy input ``[B, *S]``.
+        t: Time ``[B]``.
+        h: Interval ``t - r``, ``[B]``.
+        y: Class ids ``[B]`` or ``None`` (no tangent: labels are discrete).
+        dz: Tangent of ``z``, ``[B, *S]``.
+        dt: Tangent of ``t``, ``[B]``.
+        dh: Tangent of ``h``, ``[B]``.
+        use_tangents: Force (True) or forbid (False) the tangent-mode route; ``None`` picks it when
+            the network supports it.
+
+    Returns:
+        ``(out, dout)``, both ``[B, *S]``: ``out`` carries the autograd graph to the parameters,
+        ``dout`` is detached (it is only ever used inside a stop-gradient target).
+    """
+    if use_tangents is None:
+        use_tangents = supports_tangents(net)
+    if use_tangents:
+        out, dout = net(z, t, h, y, tangents=(dz, dt, dh))
+        return out, dout.detach()
+
+    def f(z_: Tensor, t_: Tensor, h_: Tensor) -> Tensor:
+        return net(z_, t_, h_, y)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        out, dout = torch.func.jvp(f, (z, t, h), (dz, dt, dh))
+    return out, dout.detach()

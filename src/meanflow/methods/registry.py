@@ -1,0 +1,27 @@
+"""Methods by name, for configs and the CLI."""
+
+from __future__ import annotations
+
+from meanflow.errors import UserError
+from meanflow.methods.base import Method
+from meanflow.methods.flow_matching import FlowMatching
+from meanflow.methods.meanflow import MeanFlow
+
+METHODS: dict[str, type[Method]] = {
+    "meanflow": MeanFlow,
+    "flow_matching": FlowMatching,
+}
+
+
+def build_method(name: str, **kwargs) -> Method:
+    """Build a method by registry name, e.g. ``build_method("meanflow", ratio=0.75, norm_p=0.75)``.
+
+    Raises:
+        UserError: Unknown name or unknown/invalid hyper-parameter.
+    """
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    try:
+        return METHODS[name](**kwargs)
+    except TypeError as exc:  # unexpected keyword
+        raise UserError(f"bad options for method {name!r}: {exc}") from None
