@@ -1,0 +1,336 @@
+"""Tangent-aware building blocks: every function maps ``(x, dx)`` to ``(y, dy)``.
+
+``y`` is the ordinary primal result (built with autograd, so it can be trained). ``dy`` is the
+forward-mode derivative of ``y`` along ``dx``: ``dy = J_f(x) dx``. It is computed under
+``torch.no_grad()`` because every caller uses it as a stop-gradient target, so it adds no
+activations to the autograd graph; wherever possible it reuses the primal's intermediates.
+
+Passing ``dx=None`` turns the tangent off: the function runs only the primal and returns
+``(y, None)``. That *plain* path uses only ops that have forward-AD rules, so it also works
+under ``torch.func.jvp`` (the generic fallback used for networks without tangent mode).
+
+Tangent formulas used below (``.`` is elementwise, ``<a>`` a mean over the normalised axis):
+
+* linear / conv:       ``dy = W dx``                       (no bias)
+* norm:                ``y = (x - <x>) r``, ``r = 1/sqrt(var + eps)``,
+                       ``dy = r (dxc - y <y dxc>)`` with ``dxc = dx - <dx>``
+* activation f:        ``dy = f'(x) . dx``
+* modulate:            ``y = x (1 + s) + b``, ``dy = dx (1 + s) + x ds + db``
+* attention:           ``O = P V``, ``P = softmax(S)``, ``S = q k^T / sqrt(d)``,
+                       ``dS = (dq k^T + q dk^T) / sqrt(d)``,
+                       ``dO = (P . dS) V - rowsum(P . dS) O + P dV``
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd import forward_ad
+
+Pair = tuple[Tensor, "Tensor | None"]
+
+
+def _forward_ad_active() -> bool:
+    """True inside ``torch.func`` transforms or an ``autograd.forward_ad.dual_level``."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear maps.
+
+
+def linear(m: nn.Linear, x: Tensor, dx: Tensor | None = None) -> Pair:
+    """Affine layer ``y = x W^T + b``; tangent ``dy = dx W^T``.
+
+    Args:
+        m: the layer holding ``weight [out, in]`` and optional ``bias [out]``.
+        x: input ``[..., in]``.
+        dx: tangent of ``x`` (same shape) or None.
+
+    Returns:
+        ``(y, dy)``, both ``[..., out]``.
+    """
+    y = F.linear(x, m.weight, m.bias)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        dy = F.linear(dx, m.weight)
+    return y, dy
+
+
+def conv2d(m: nn.Conv2d, x: Tensor, dx: Tensor | None = None) -> Pair:
+    """2-D convolution ``y = W * x + b``; tangent is the same convolution without bias.
+
+    Args:
+        m: an ``nn.Conv2d`` (its stride, padding, dilation and groups are used).
+        x: input ``[B, C_in, H, W]``.
+        dx: tangent of ``x`` or None.
+
+    Returns:
+        ``(y, dy)``, both ``[B, C_out, H', W']``.
+    """
+    y = m(x)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        dy = F.conv2d(dx, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+    return y, dy
+
+
+def downsample(x: Tensor, dx: Tensor | None = None) -> Pair:
+    """2x2 box-filter down-sampling (EDM's resample filter ``[1, 1]``); linear, so ``dy = D dx``.
+
+    Shapes: ``[B, C, H, W] -> [B, C, H/2, W/2]``.
+    """
+    y = F.avg_pool2d(x, 2)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        return y, F.avg_pool2d(dx, 2)
+
+
+def upsample(x: Tensor, dx: Tensor | None = None) -> Pair:
+    """Nearest-neighbour 2x up-sampling (EDM's transposed ``[1, 1]`` filter); linear.
+
+    Shapes: ``[B, C, H, W] -> [B, C, 2H, 2W]``.
+    """
+    y = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        return y, F.interpolate(dx, scale_factor=2.0, mode="nearest")
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation.
+
+
+def _norm_tangent(y_hat: Tensor, rstd: Tensor, dx: Tensor, dim: int | tuple[int, ...]) -> Tensor:
+    # dy_hat = rstd * (dxc - y_hat * <y_hat * dxc>); <y_hat> = 0 so <y_hat * dxc> = <y_hat * dx>.
+    dxc = dx - dx.mean(dim, keepdim=True)
+    return rstd * (dxc - y_hat * (y_hat * dx).mean(dim, keepdim=True))
+
+
+def layer_norm(
+    x: Tensor,
+    dx: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+) -> Pair:
+    """Layer normalisation over the last axis, ``y = (x - mean) / sqrt(var + eps) * w + b``.
+
+    The primal uses the fused ``F.layer_norm``; the tangent recomputes the statistics (one
+    reduction) and applies the analytic derivative of the normalisation.
+
+    Args:
+        x: input ``[..., D]``.
+        dx: tangent or None.
+        weight, bias: optional affine parameters ``[D]``.
+        eps: variance epsilon.
+
+    Returns:
+        ``(y, dy)`` of shape ``[..., D]``.
+    """
+    y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+        rstd = torch.rsqrt(var + eps)
+        y_hat = (x - mean) * rstd if weight is not None or bias is not None else y
+        dy = _norm_tangent(y_hat, rstd, dx, -1)
+        if weight is not None:
+            dy = dy * weight
+    return y, dy
+
+
+def group_norm(
+    x: Tensor,
+    dx: Tensor | None,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Pair:
+    """Group normalisation written from elementary ops (so ``torch.compile`` can trace its JVP).
+
+    ``x [B, C, *S]`` is split into ``G`` groups of ``C/G`` channels; each group is normalised
+    over its channels and all spatial positions, then ``y = y_hat * w[c] + b[c]``.
+
+    Args:
+        x: input ``[B, C, *S]``.
+        dx: tangent or None.
+        num_groups: ``G``, must divide ``C``.
+        weight, bias: optional per-channel affine parameters ``[C]``.
+        eps: variance epsilon.
+
+    Returns:
+        ``(y, dy)`` of shape ``[B, C, *S]``.
+    """
+    b, c = x.shape[:2]
+    xg = x.reshape(b, num_groups, -1)
+    var, mean = torch.var_mean(xg, dim=-1, keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    y_hat = (xg - mean) * rstd
+    affine_shape = (1, c) + (1,) * (x.dim() - 2)
+    y = y_hat.reshape(x.shape)
+    if weight is not None:
+        y = y * weight.reshape(affine_shape)
+    if bias is not None:
+        y = y + bias.reshape(affine_shape)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        dy = _norm_tangent(y_hat, rstd, dx.reshape(b, num_groups, -1), -1).reshape(x.shape)
+        if weight is not None:
+            dy = dy * weight.reshape(affine_shape)
+    return y, dy
+
+
+class GroupNorm(nn.Module):
+    """Parameter holder for :func:`group_norm` with EDM's group rule ``G = min(32, C // 4)``.
+
+    Args:
+        num_channels: ``C``.
+        num_groups: upper bound on ``G``.
+        min_channels_per_group: lower bound on ``C / G``.
+        eps: variance epsilon.
+    """
+
+    def __init__(self, num_channels: int, num_groups: int = 32, min_channels_per_group: int = 4,
+                 eps: float = 1e-5):
+        super().__init__()
+        g = max(1, min(num_groups, num_channels // min_channels_per_group))
+        while num_channels % g:
+            g -= 1
+        self.num_groups = g
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: Tensor, dx: Tensor | None = None) -> Pair:
+        """``(x, dx) -> (y, dy)``, shapes ``[B, C, *S]``."""
+        return group_norm(x, dx, self.num_groups, self.weight, self.bias, self.eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pointwise ops.
+
+
+def silu(x: Tensor, dx: Tensor | None = None) -> Pair:
+    """``y = x sigmoid(x)``; ``dy = dx . s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
+    y = F.silu(x)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        s = torch.sigmoid(x)
+        dy = dx * (s + y * (1 - s))
+    return y, dy
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
+    """Tanh-approximated GELU ``y = x/2 (1 + tanh(u))``, ``u = c (x + 0.044715 x^3)``.
+
+    ``dy = dx . (1/2 (1 + tanh u) + x/2 (1 - tanh^2 u) c (1 + 3 * 0.044715 x^2))``.
+    """
+    y = F.gelu(x, approximate="tanh")
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        x2 = x * x
+        th = torch.tanh(_GELU_C * x * (1 + 0.044715 * x2))
+        dy = dx * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * _GELU_C * (1 + 3 * 0.044715 * x2))
+    return y, dy
+
+
+def modulate(
+    x: Tensor, dx: Tensor | None, shift: Tensor, dshift: Tensor | None, scale: Tensor,
+    dscale: Tensor | None,
+) -> Pair:
+    """adaLN modulation ``y = x (1 + scale) + shift`` (scale/shift broadcast against ``x``).
+
+    ``dy = dx (1 + scale) + x dscale + dshift``. The tangent is on when ``dx`` is given;
+    ``dshift`` and ``dscale`` must then be given too.
+    """
+    y = torch.addcmul(shift, x, 1 + scale)
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        dy = torch.addcmul(torch.addcmul(dshift, x, dscale), dx, 1 + scale)
+    return y, dy
+
+
+def mul(a: Tensor, da: Tensor | None, b: Tensor, db: Tensor | None) -> Pair:
+    """Product rule ``y = a b``, ``dy = da b + a db`` (broadcasting)."""
+    y = a * b
+    if da is None:
+        return y, None
+    with torch.no_grad():
+        return y, torch.addcmul(da * b, a, db)
+
+
+def dropout(x: Tensor, dx: Tensor | None, p: float, training: bool) -> Pair:
+    """Inverted dropout with one explicit mask shared by primal and tangent.
+
+    ``y = x . m / (1 - p)``, ``dy = dx . m / (1 - p)``, ``m ~ Bernoulli(1 - p)``. The mask is
+    drawn with one ``torch.rand`` of ``x``'s shape, so equal RNG states give equal masks (also
+    between the plain and the tangent path).
+    """
+    if not training or p == 0.0:
+        return x, dx
+    keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= p
+    mask = keep.to(x.dtype) * (1.0 / (1.0 - p))
+    y = x * mask
+    if dx is None:
+        return y, None
+    with torch.no_grad():
+        return y, dx * mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention.
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor,
+    dq: Tensor | None = None, dk: Tensor | None = None, dv: Tensor | None = None,
+) -> Pair:
+    """Scaled dot-product attention ``O = softmax(q k^T / sqrt(d)) v`` with its tangent.
+
+    The primal uses the fused ``F.scaled_dot_product_attention``, except under forward-mode AD
+    (``torch.func.jvp``, ``forward_ad``), where fused kernels have no derivative rule and the
+    explicit formula is used instead. The tangent recomputes ``P`` under ``no_grad`` and applies
+    the softmax derivative, reusing the primal output ``O``::
+
+        dS = (dq k^T + q dk^T) / sqrt(d)
+        dO = (P . dS) V - rowsum(P . dS) O + P dV
+
+    Args:
+        q, k, v: ``[B, H, N, d]`` (``k``/``v`` may have a different token count ``M``).
+        dq, dk, dv: tangents (all given or all None).
+
+    Returns:
+        ``(O, dO)`` of shape ``[B, H, N, d]``.
+    """
+    scale = q.shape[-1] ** -0.5
+    if _forward_ad_active():
+        o = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1) @ v
+    else:
+        o = F.scaled_dot_product_attention(q, k, v)
+    if dq is None:
+        return o, None
+    with torch.no_grad():
+        kt = k.transpose(-2, -1)
+        p = torch.softmax((q @ kt) * scale, dim=-1)
+        pds = dq @ kt
+        pds = pds.add_(q @ dk.transpose(-2, -1)).mul_(p).mul_(scale)
+        do = pds @ v
+        do = do.sub_(pds.sum(-1, keepdim=True) * o).add_(p @ dv)
+    return o, do

@@ -1,0 +1,287 @@
+"""EDM's ``SongUNet`` ("DDPM++", Song et al. 2021; Karras et al. 2022) with tangent mode.
+
+MeanFlow's CIFAR-10 network: 128 channels, multipliers ``[2, 2, 2]``, 4 residual blocks per
+level, self-attention at 16x16, dropout 0.2, about 55M parameters. As in the official MeanFlow
+PyTorch port, ``t`` and ``h`` each get their own sinusoidal features of the raw value; the two
+are concatenated (plus optional class and augmentation-label embeddings) and mapped by a
+2-layer MLP to the embedding ``emb``::
+
+    emb = silu(W_1 silu(W_0 [pos(t), pos(h)] + E_y(y) + W_aug a))
+
+Each residual block (``skip_scale = sqrt(1/2)``)::
+
+    x' = conv0(silu(GN(x)))                       # with 2x up/down-sampling where needed
+    x' = silu(GN(x' + A emb))                     # adaptive_scale=False (DDPM++)
+    x' = silu(GN(x') (1 + s) + b), [s, b] = A emb # adaptive_scale=True
+    x  = (conv1(dropout(x')) + skip(x)) * skip_scale
+    x  = (proj(Attn(GN(x))) + x) * skip_scale      # at attention resolutions
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from meanflow.errors import UserError
+from meanflow.networks import layers as L
+from meanflow.networks.base import TangentNet
+from meanflow.networks.embeddings import LabelEmbedder, sinusoidal
+
+
+def _xavier(m: nn.Linear | nn.Conv2d, gain: float = 1.0) -> nn.Module:
+    # EDM: xavier_uniform weights times init_weight, zero bias.
+    nn.init.xavier_uniform_(m.weight, gain=gain)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    return m
+
+
+_ZERO_GAIN = 1e-5  # EDM's "init_zero": tiny rather than exactly zero
+
+
+class UNetBlock(nn.Module):
+    """Residual block with embedding conditioning, optional resampling and self-attention.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        emb_channels: width of ``emb``.
+        up, down: 2x nearest up-sampling / 2x box down-sampling before ``conv0`` and the skip.
+        attention: add a single-head self-attention layer after the residual.
+        dropout: dropout probability before ``conv1``.
+        adaptive_scale: scale/shift conditioning instead of an additive bias.
+        takes_skip: the decoder concatenates an encoder skip to the input of this block.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
+                 down: bool = False, attention: bool = False, dropout: float = 0.0,
+                 adaptive_scale: bool = False, takes_skip: bool = False, eps: float = 1e-6):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.up, self.down = up, down
+        self.dropout = dropout
+        self.adaptive_scale = adaptive_scale
+        self.takes_skip = takes_skip
+        self.skip_scale = math.sqrt(0.5)
+        self.norm0 = L.GroupNorm(in_channels, eps=eps)
+        self.conv0 = _xavier(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+        self.affine = _xavier(nn.Linear(emb_channels, out_channels * (2 if adaptive_scale else 1)))
+        self.norm1 = L.GroupNorm(out_channels, eps=eps)
+        self.conv1 = _xavier(nn.Conv2d(out_channels, out_channels, 3, padding=1), _ZERO_GAIN)
+        self.skip = None
+        if in_channels != out_channels or up or down:
+            self.skip = _xavier(nn.Conv2d(in_channels, out_channels, 1))
+        self.attention = attention
+        if attention:
+            self.norm2 = L.GroupNorm(out_channels, eps=eps)
+            self.qkv = _xavier(nn.Conv2d(out_channels, 3 * out_channels, 1), math.sqrt(0.2))
+            self.proj = _xavier(nn.Conv2d(out_channels, out_channels, 1), _ZERO_GAIN)
+
+    def _resample(self, x: Tensor, dx: Tensor | None) -> L.Pair:
+        if self.up:
+            return L.upsample(x, dx)
+        if self.down:
+            return L.downsample(x, dx)
+        return x, dx
+
+    def forward(self, x: Tensor, dx: Tensor | None, emb: Tensor, demb: Tensor | None) -> L.Pair:
+        """``x [B, C_in, H, W]``, ``emb [B, E]`` (with tangents) -> ``[B, C_out, H', W']``."""
+        a, da = self.norm0(x, dx)
+        a, da = L.silu(a, da)
+        a, da = self._resample(a, da)
+        a, da = L.conv2d(self.conv0, a, da)
+        p, dp = L.linear(self.affine, emb, demb)
+        p = p[:, :, None, None]
+        dp = None if dp is None else dp[:, :, None, None]
+        if self.adaptive_scale:
+            scale, shift = p.chunk(2, dim=1)
+            dscale, dshift = dp.chunk(2, dim=1) if dp is not None else (None, None)
+            a, da = self.norm1(a, da)
+            a, da = L.modulate(a, da, shift, dshift, scale, dscale)
+        else:
+            a = a + p
+            da = None if da is None else da + dp
+            a, da = self.norm1(a, da)
+        a, da = L.silu(a, da)
+        a, da = L.dropout(a, da, self.dropout, self.training)
+        a, da = L.conv2d(self.conv1, a, da)
+
+        s, ds = self._resample(x, dx)
+        if self.skip is not None:
+            s, ds = L.conv2d(self.skip, s, ds)
+        x = (a + s) * self.skip_scale
+        dx = None if da is None else (da + ds) * self.skip_scale
+        if self.attention:
+            x, dx = self._attend(x, dx)
+        return x, dx
+
+    def _attend(self, x: Tensor, dx: Tensor | None) -> L.Pair:
+        b, c, hh, ww = x.shape
+
+        def heads(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            # [B, 3C, H, W] -> 3 x [B, 1, HW, C] (one head, as in EDM's DDPM++)
+            return tuple(u.reshape(b, 1, c, hh * ww).transpose(-2, -1) for u in t.chunk(3, dim=1))
+
+        a, da = self.norm2(x, dx)
+        a, da = L.conv2d(self.qkv, a, da)
+        q, k, v = heads(a)
+        dq, dk, dv = heads(da) if da is not None else (None, None, None)
+        o, do = L.attention(q, k, v, dq, dk, dv)
+        o = o.transpose(-2, -1).reshape(b, c, hh, ww)
+        do = None if do is None else do.transpose(-2, -1).reshape(b, c, hh, ww)
+        o, do = L.conv2d(self.proj, o, do)
+        x = (o + x) * self.skip_scale
+        return x, None if dx is None else (do + dx) * self.skip_scale
+
+
+class SongUNet(TangentNet):
+    """DDPM++ U-Net with the MeanFlow signature ``net(z, t, h, y, augment_labels=None)``.
+
+    Args:
+        img_resolution: input height = width; divisible by ``2^(len(channel_mult) - 1)``.
+        in_channels: input (and output) channels.
+        model_channels: base channel count.
+        channel_mult: channel multiplier per resolution level.
+        num_blocks: residual blocks per level.
+        attn_resolutions: resolutions with self-attention.
+        dropout: dropout probability inside the residual blocks.
+        num_classes: 0 = unconditional; else ids ``[0, num_classes]`` with ``num_classes`` = null.
+        augment_dim: size of EDM augmentation labels (0 = none; EDM's pipe uses 9).
+        channel_mult_emb: embedding width = ``model_channels * channel_mult_emb``.
+        adaptive_scale: scale/shift conditioning in the blocks (EDM's ``adaptive_scale``);
+            DDPM++ uses an additive bias (False).
+        out_channels: output channels (default ``in_channels``).
+    """
+
+    def __init__(
+        self,
+        img_resolution: int = 32,
+        in_channels: int = 3,
+        model_channels: int = 128,
+        channel_mult: Sequence[int] = (2, 2, 2),
+        num_blocks: int = 4,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.2,
+        num_classes: int = 0,
+        augment_dim: int = 0,
+        channel_mult_emb: int = 4,
+        adaptive_scale: bool = False,
+        out_channels: int | None = None,
+    ):
+        super().__init__()
+        levels = len(channel_mult)
+        if levels < 1 or num_blocks < 1 or model_channels < 1:
+            raise UserError("unet needs channel_mult non-empty, num_blocks >= 1, model_channels >= 1")
+        if img_resolution < 1 or img_resolution % (2 ** (levels - 1)):
+            raise UserError(
+                f"unet img_resolution {img_resolution} is not divisible by 2^{levels - 1} "
+                f"({levels} levels in channel_mult)"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"unet dropout must be in [0, 1), got {dropout}")
+        if num_classes < 0 or augment_dim < 0:
+            raise UserError("unet num_classes and augment_dim must be >= 0")
+        self.img_resolution = img_resolution
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.num_classes = num_classes
+        self.augment_dim = augment_dim
+        self.noise_channels = model_channels
+        emb_channels = model_channels * channel_mult_emb
+        feat = 2 * model_channels  # [pos(t), pos(h)]
+
+        self.map_label = LabelEmbedder(num_classes, feat) if num_classes > 0 else None
+        self.map_augment = (
+            _xavier(nn.Linear(augment_dim, feat, bias=False)) if augment_dim > 0 else None
+        )
+        self.map_layer0 = _xavier(nn.Linear(feat, emb_channels))
+        self.map_layer1 = _xavier(nn.Linear(emb_channels, emb_channels))
+
+        kw = dict(emb_channels=emb_channels, dropout=dropout, adaptive_scale=adaptive_scale)
+        self.enc = nn.ModuleDict()
+        cout = in_channels
+        for level, mult in enumerate(channel_mult):
+            res = img_resolution >> level
+            if level == 0:
+                self.enc[f"{res}x{res}_conv"] = _xavier(nn.Conv2d(cout, model_channels, 3, padding=1))
+                cout = model_channels
+            else:
+                self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **kw)
+            for idx in range(num_blocks):
+                cin, cout = cout, model_channels * mult
+                self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    cin, cout, attention=res in attn_resolutions, **kw
+                )
+        skips = [m.out_channels for m in self.enc.values()]
+
+        self.dec = nn.ModuleDict()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            res = img_resolution >> level
+            if level == levels - 1:
+                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **kw)
+                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **kw)
+            else:
+                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **kw)
+            for idx in range(num_blocks + 1):
+                cin, cout = cout + skips.pop(), model_channels * mult
+                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(
+                    cin, cout, attention=idx == num_blocks and res in attn_resolutions,
+                    takes_skip=True, **kw,
+                )
+        self.out_norm = L.GroupNorm(cout, eps=1e-6)
+        self.out_conv = _xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), _ZERO_GAIN)
+
+    def _embed(self, t, h, y, dt, dh, augment_labels) -> L.Pair:
+        n = self.noise_channels
+        et, det = sinusoidal(t, dt, n, endpoint=True)
+        eh, deh = sinusoidal(h, dh, n, endpoint=True)
+        e = torch.cat([et, eh], dim=1)
+        de = None if det is None else torch.cat([det, deh], dim=1)
+        if self.map_label is not None:
+            e = e + self.map_label(y, t.shape[0], t.device)
+        if self.map_augment is not None and augment_labels is not None:
+            if augment_labels.shape != (t.shape[0], self.augment_dim):
+                raise UserError(
+                    f"augment_labels must have shape [B, {self.augment_dim}], "
+                    f"got {tuple(augment_labels.shape)}"
+                )
+            e = e + self.map_augment(augment_labels.to(e.dtype))
+        e, de = L.silu(*L.linear(self.map_layer0, e, de))
+        return L.silu(*L.linear(self.map_layer1, e, de))
+
+    def pair_forward(self, z, t, h, y, dz, dt, dh, augment_labels: Tensor | None = None):
+        if z.dim() != 4 or z.shape[1] != self.in_channels or z.shape[2] != self.img_resolution:
+            raise UserError(
+                f"unet built for inputs [B, {self.in_channels}, {self.img_resolution}, "
+                f"{self.img_resolution}], got {tuple(z.shape)}"
+            )
+        emb, demb = self._embed(t, h, y, dt, dh, augment_labels)
+        x, dx = z, dz
+        skips = []
+        for block in self.enc.values():
+            if isinstance(block, UNetBlock):
+                x, dx = block(x, dx, emb, demb)
+            else:
+                x, dx = L.conv2d(block, x, dx)
+            skips.append((x, dx))
+        for block in self.dec.values():
+            if block.takes_skip:
+                s, ds = skips.pop()
+                x = torch.cat([x, s], dim=1)
+                dx = None if dx is None else torch.cat([dx, ds], dim=1)
+            x, dx = block(x, dx, emb, demb)
+        x, dx = self.out_norm(x, dx)
+        x, dx = L.silu(x, dx)
+        return L.conv2d(self.out_conv, x, dx)
+
+
+def unet_ddpmpp(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
+                num_classes: int = 0, augment_dim: int = 0) -> SongUNet:
+    """The MeanFlow CIFAR-10 U-Net: DDPM++ with 128 channels, ``[2, 2, 2]``, 4 blocks, attention
+    at 16x16, dropout 0.2 (about 55.7M parameters)."""
+    return SongUNet(img_resolution=img_resolution, in_channels=in_channels, model_channels=128,
+                    channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=dropout,
+                    num_classes=num_classes, augment_dim=augment_dim)
