@@ -1,0 +1,89 @@
+"""Build the parts a run needs from its config: dataset, network, method.
+
+The only place where config sections turn into objects; the loop receives the objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from meanflow.errors import UserError
+from meanflow.training.config import Config
+
+
+def build_data(cfg: Config):
+    """The training set: ImageData (x [N, C, H, W]) or PointData (x [N, D]) (see meanflow.data)."""
+    from meanflow.data import build_dataset
+
+    d = cfg.data
+    opts = dict(d.options)
+    if d.is_toy:
+        opts.setdefault("n", d.num_points)
+        opts.setdefault("seed", cfg.training.seed)
+        return build_dataset(d.name, split="train", data_dir=d.data_dir, **opts)
+    splits = ("train", "test") if d.split == "all" else (d.split,)
+    parts = [build_dataset(d.name, split=s, data_dir=d.data_dir, **opts) for s in splits]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    x = torch.cat([p.x for p in parts])
+    y = None if first.y is None else torch.cat([p.y for p in parts])
+    return type(first)(**{**{f: getattr(first, f) for f in first.__dataclass_fields__}, "x": x, "y": y})
+
+
+def data_shape(data) -> tuple[int, ...]:
+    """Shape of one sample: (C, H, W) for images, (D,) for points."""
+    return tuple(data.x.shape[1:])
+
+
+def num_classes(cfg: Config, data) -> int:
+    """Classes the network and method condition on: the dataset's when `data.use_labels`, else 0."""
+    if not cfg.data.use_labels:
+        return 0
+    if data.num_classes == 0:
+        raise UserError(f"data.use_labels is set but dataset {cfg.data.name!r} has no labels")
+    return int(data.num_classes)
+
+
+def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
+    """`cfg.network.kwargs` completed from the data: size, channels, dimension and class count are
+    filled in where the factory takes them and the config does not say."""
+    from meanflow.networks.registry import NETWORKS
+
+    name = cfg.network.name.lower()
+    if name not in NETWORKS:
+        raise UserError(f"unknown network {cfg.network.name!r}; choices: {', '.join(NETWORKS)}")
+    params = inspect.signature(NETWORKS[name]).parameters
+    kw = dict(cfg.network.kwargs)
+    auto: dict[str, int] = {"num_classes": classes, "dim": math.prod(shape)}
+    if len(shape) == 3:
+        auto.update(in_channels=shape[0], input_size=shape[1], img_resolution=shape[1])
+    for k, v in auto.items():
+        if k in params and k not in kw:
+            kw[k] = v
+    if len(shape) == 3 and shape[1] != shape[2]:
+        raise UserError(f"images must be square, got {shape[1]}x{shape[2]}")
+    for key in ("input_size", "img_resolution"):
+        if key in kw and len(shape) == 3 and int(kw[key]) != shape[1]:
+            raise UserError(f"network.kwargs.{key}={kw[key]} but the images are {shape[1]}x{shape[2]}")
+    return kw
+
+
+def build_net(cfg: Config, shape: tuple[int, ...], classes: int) -> nn.Module:
+    from meanflow.networks import build_network
+
+    kw = network_kwargs(cfg, shape, classes)
+    try:
+        return build_network(cfg.network.name, **kw)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build network {cfg.network.name!r}: {e}") from None
+
+
+def build_method_from(cfg: Config, classes: int):
+    from meanflow.methods import build_method
+
+    return build_method(cfg.method.name, **cfg.method.method_kwargs(classes))

@@ -1,0 +1,157 @@
+"""Checkpoints: one safetensors file per step, no pickle anywhere.
+
+File `checkpoints/ckpt-0001000.safetensors` holds the tensors under prefixes
+
+    model/<name>            raw weights (the network's state_dict)
+    ema/<decay>/<name>      one set per EMA decay
+    optim/<i>/<key>         optimizer state tensors of parameter i (exp_avg, exp_avg_sq, step)
+
+and, in the safetensors metadata (str -> str), JSON documents: `config` (the resolved config),
+`state` (step, optimizer param groups and non-tensor state, data sampler state, seed, world size).
+Files are written to a temporary name and moved into place with os.replace, so a crash never leaves a
+half-written checkpoint under the final name; only the last `keep_last` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from meanflow.errors import UserError
+
+CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
+FORMAT = "meanflow-checkpoint-v1"
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"ckpt-{step:07d}.safetensors"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run folder, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the newest checkpoint of a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        ckpts = list_checkpoints(p)
+        if not ckpts:
+            raise UserError(f"no checkpoint in run folder {p}")
+        return ckpts[-1]
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    return p
+
+
+def _optim_to_flat(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in opt_state["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim/{idx}/{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": opt_state["param_groups"], "scalars": scalars}
+
+
+def _optim_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        _, idx, key = name.split("/", 2)
+        state.setdefault(int(idx), {})[key] = val
+    for idx, st in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
+                    ema: dict[float, dict[str, torch.Tensor]], optimizer: dict | None,
+                    config: dict, state: dict) -> Path:
+    """Write one checkpoint file atomically. `optimizer` is `optimizer.state_dict()`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.items()}
+    for d, sd in ema.items():
+        tensors.update({f"ema/{d!r}/{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
+    state = dict(state)
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optim_to_flat(optimizer)
+        tensors.update(opt_tensors)
+        state["optimizer"] = opt_meta
+    state["ema_decays"] = [float(d) for d in ema]
+    metadata = {"format": FORMAT, "config": json.dumps(config), "state": json.dumps(state)}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    for p in list_checkpoints(run_dir)[:-keep_last]:
+        p.unlink(missing_ok=True)
+
+
+class Checkpoint:
+    """A loaded checkpoint: `config` (dict), `state` (dict), and tensor groups on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = find_checkpoint(path)
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise UserError(f"{self.path} is not a meanflow checkpoint")
+            self.config: dict = json.loads(meta["config"])
+            self.state: dict = json.loads(meta["state"])
+            self._tensors = load_file(str(self.path))
+        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot read checkpoint {self.path}: {msg}") from None
+
+    def _group(self, prefix: str) -> dict[str, torch.Tensor]:
+        n = len(prefix)
+        return {k[n:]: v for k, v in self._tensors.items() if k.startswith(prefix)}
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def ema_decays(self) -> list[float]:
+        return [float(d) for d in self.state.get("ema_decays", [])]
+
+    def model(self) -> dict[str, torch.Tensor]:
+        return self._group("model/")
+
+    def ema(self, decay: float) -> dict[str, torch.Tensor]:
+        decay = float(decay)
+        if decay not in self.ema_decays:
+            have = ", ".join(repr(d) for d in self.ema_decays) or "none"
+            raise UserError(f"checkpoint {self.path.name} has no EMA {decay!r} (has: {have})")
+        return self._group(f"ema/{decay!r}/")
+
+    def optimizer(self) -> dict | None:
+        if "optimizer" not in self.state:
+            return None
+        return _optim_from_flat(self._group_raw("optim/"), self.state["optimizer"])
+
+    def _group_raw(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self._tensors.items() if k.startswith(prefix)}

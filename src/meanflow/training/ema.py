@@ -1,0 +1,57 @@
+"""Exponential moving averages of the weights, several decays at once.
+
+`shadow_d <- d * shadow_d + (1 - d) * param` after every optimizer step, in float32 for every
+floating-point parameter; buffers (e.g. running statistics) are copied as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """Shadow copies of `net`'s state, one per decay.
+
+    Args:
+        net: the (unwrapped) network whose `state_dict()` is tracked.
+        decays: e.g. [0.9999, 0.99995, 0.9996].
+    """
+
+    def __init__(self, net: nn.Module, decays: list[float]) -> None:
+        self.decays = [float(d) for d in decays]
+        state = net.state_dict()
+        self.shadows: dict[float, dict[str, torch.Tensor]] = {
+            d: {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                for k, v in state.items()}
+            for d in self.decays
+        }
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        params = dict(net.named_parameters())
+        state = net.state_dict()
+        for d, shadow in self.shadows.items():
+            for k, v in state.items():
+                if k in params and v.is_floating_point():
+                    shadow[k].lerp_(v.detach().float(), 1.0 - d)
+                else:
+                    shadow[k].copy_(v)
+
+    def state(self, decay: float) -> dict[str, torch.Tensor]:
+        """Shadow state_dict of one decay (float32 floating-point tensors)."""
+        return self.shadows[float(decay)]
+
+    def copy_to(self, net: nn.Module, decay: float) -> None:
+        """Load the shadow weights of `decay` into `net` (cast to each tensor's dtype)."""
+        shadow = self.shadows[float(decay)]
+        ref = net.state_dict()
+        net.load_state_dict({k: shadow[k].to(ref[k].dtype) for k in ref})
+
+    def load(self, decay: float, tensors: dict[str, torch.Tensor]) -> None:
+        shadow = self.shadows[float(decay)]
+        missing = set(shadow) - set(tensors)
+        if missing:
+            raise KeyError(f"EMA {decay}: missing {sorted(missing)[:3]}")
+        for k in shadow:
+            shadow[k].copy_(tensors[k])

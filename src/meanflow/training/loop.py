@@ -1,0 +1,380 @@
+"""The training loop. It knows no method: it calls `method.loss(net, x, y)` and `method.sample`.
+
+    run_dir = train(resolve_config("digits"))
+
+Runs alone (rank 0 of 1) or under torchrun (see `distributed`). Every random draw of step s on rank
+k comes from a generator reseeded with (seed, k, s), and the data order is a pure function of
+(seed, epoch), so stopping at step N and resuming gives bit-identical weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from meanflow.errors import UserError
+from meanflow.training import distributed
+from meanflow.training.build import build_data, build_method_from, build_net, data_shape, num_classes
+from meanflow.training.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
+from meanflow.training.config import Config, config_diff, config_from_dict, config_to_dict, config_to_yaml
+from meanflow.training.ema import EMA
+from meanflow.training.rundir import next_run_dir
+from meanflow.training.schedule import lr_at, step_seed
+
+# Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
+RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every", "training.keep_last",
+                     "training.device", "training.replica_check_every", "logging", "data.data_dir",
+                     "preset")
+
+
+@dataclass
+class Parts:
+    """What a run is made of, built (and validated) before anything is written to disk."""
+
+    data: Any
+    """ImageData or PointData (meanflow.data)."""
+    net: nn.Module
+    """The network, unwrapped, on the CPU."""
+    method: Any
+    """The method object (meanflow.methods)."""
+    shape: tuple[int, ...]
+    """Shape of one sample."""
+    classes: int
+    """Classes conditioned on (0: unconditional)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_parts(cfg: Config) -> Parts:
+    """Dataset, network (initialised from `training.seed`) and method of `cfg`."""
+    data = build_data(cfg)
+    shape = data_shape(data)
+    classes = num_classes(cfg, data)
+    torch.manual_seed(cfg.training.seed)
+    net = build_net(cfg, shape, classes)
+    method = build_method_from(cfg, classes)
+    return Parts(data, net, method, shape, classes)
+
+
+def check_resumable(ckpt: Checkpoint, cfg: Config) -> None:
+    """UserError when `ckpt` was written by a run whose config differs from `cfg` in a key that
+    changes the model or the optimisation."""
+    try:
+        old = config_from_dict(ckpt.config)
+    except UserError as e:
+        raise UserError(f"checkpoint {ckpt.path} holds an unreadable config: {e}") from None
+    diff = config_diff(old, cfg, ignore=RESUMABLE_CHANGES)
+    if diff:
+        key = diff[0]
+        a, b = _lookup(config_to_dict(old), key), _lookup(config_to_dict(cfg), key)
+        more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+        raise UserError(f"checkpoint {ckpt.path} is from another config: {key} is {a!r} there but {b!r} "
+                        f"here{more}")
+
+
+def _lookup(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+class _StopFlag:
+    """First Ctrl-C (SIGINT) asks the loop to stop after the current step and write a checkpoint;
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class _Logger:
+    """Scalars to JSONL (and TensorBoard when installed), rank 0 only."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool) -> None:
+        self.path = None if run_dir is None else run_dir / "log.jsonl"
+        self.tb = None
+        if run_dir is not None and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None = None,
+          parts: Parts | None = None, echo: Callable[[str], None] = print) -> Path | None:
+    """Train `cfg`; return the run folder on rank 0 (None on other ranks).
+
+    Args:
+        cfg: the resolved, validated config.
+        resume: a run folder or checkpoint to continue from (its config must match `cfg` up to
+            `RESUMABLE_CHANGES`).
+        stop_at: stop after this step as if interrupted (writes a checkpoint); for tests.
+        parts: prebuilt dataset / network / method (default: `build_parts(cfg)`).
+        echo: where rank 0's one-line messages go.
+    """
+    device = resolve_device(cfg.training.device)
+    owns_group = not torch.distributed.is_initialized()
+    info = distributed.init(device.type)
+    try:
+        return _train(cfg, info, device, resume, stop_at, parts, echo)
+    finally:
+        if owns_group:
+            distributed.shutdown()
+
+
+def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume, stop_at, parts,
+           echo) -> Path | None:
+    tc, lc = cfg.training, cfg.logging
+    world = info.world_size
+    if tc.batch_size % world:
+        raise UserError(f"training.batch_size ({tc.batch_size}) is not divisible by the number of "
+                        f"processes ({world})")
+    per_rank = tc.batch_size // world
+    if per_rank % tc.grad_accum:
+        raise UserError(f"per-process batch {per_rank} is not divisible by training.grad_accum "
+                        f"({tc.grad_accum})")
+    micro = per_rank // tc.grad_accum
+    ckpt = None
+    if resume is not None:
+        ckpt = Checkpoint(resume)
+        check_resumable(ckpt, cfg)
+
+    # ---- build and validate everything before the run folder exists -------------------------
+    parts = parts or build_parts(cfg)
+    from meanflow.data import BatchLoader
+
+    loader = BatchLoader(parts.data, per_rank, seed=tc.seed, rank=info.rank, world_size=world)
+    n_data = len(parts.data)
+    total = tc.total_steps(n_data)
+    warmup = tc.warmup(n_data)
+    net = parts.net.to(device)
+    opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(net.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    ema = EMA(net, tc.ema_decays)
+    start = 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt.model())
+        for d in tc.ema_decays:
+            ema.load(d, ckpt.ema(d))
+        opt_state = ckpt.optimizer()
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        loader.load_state_dict(ckpt.state["sampler"])
+        start = ckpt.step
+        if start >= total:
+            raise UserError(f"checkpoint is at step {start}, the run ends at step {total}: nothing to do "
+                            "(raise training.steps to train longer)")
+    is_image = len(parts.shape) == 3
+    is_latent = bool(getattr(parts.data, "is_latent", False))
+
+    run_dir: Path | None = None
+    if info.is_main:
+        run_dir = ckpt.path.parent.parent if ckpt is not None else next_run_dir(lc.out_dir, cfg.describe())
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        echo(f"run folder: {run_dir}")
+        echo(f"{n_data} training samples of shape {list(parts.shape)}, {parts.classes} classes; "
+             f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters; "
+             f"{world} process(es) on {device.type}; steps {start} -> {total}")
+    logger = _Logger(run_dir, lc.tensorboard)
+
+    ddp_net = distributed.wrap(net, info, device)
+    use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    sample_net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    def checkpoint(step: int) -> None:
+        if not info.is_main:
+            return
+        state = {"step": step, "sampler": loader.state_dict(), "seed": tc.seed, "world_size": world,
+                 "data_shape": list(parts.shape), "num_classes": parts.classes, "is_latent": is_latent,
+                 "total_steps": total}
+        save_checkpoint(checkpoint_path(run_dir, step), model=net.state_dict(), ema=ema.shadows,
+                        optimizer=optimizer.state_dict(), config=config_to_dict(cfg), state=state)
+        prune_checkpoints(run_dir, tc.keep_last)
+
+    def samples(step: int, final: bool = False) -> None:
+        """A grid of `logging.sample_count` samples from the first EMA (sharded over ranks)."""
+        if tc.ema_decays:
+            ema.copy_to(sample_net, tc.ema_decays[0])
+        else:
+            sample_net.load_state_dict(net.state_dict())
+        n = lc.sample_count
+        per = math.ceil(n / world)
+        from meanflow.sampling import generate
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            x = generate(parts.method, sample_net, info.rank * per, (info.rank + 1) * per,
+                         steps=lc.sample_steps, seed=tc.seed, batch_size=max(per, 1), device=device,
+                         shape=parts.shape, num_classes=parts.classes)
+        x = distributed.all_gather_cat(x.to(device)).cpu()[:n]
+        if not info.is_main:
+            return
+        from meanflow.utils.images import save_grid, save_points
+
+        folder = run_dir / "samples"
+        if is_image and not is_latent:
+            ncol = parts.classes if parts.classes and n % parts.classes == 0 and parts.classes >= 8 else None
+            save_grid(x, folder / f"step-{step:07d}.png", ncol=ncol)
+            if final:
+                save_grid(x, run_dir / "samples.png", ncol=ncol)
+        elif len(parts.shape) == 1 and parts.shape[0] == 2:
+            ref = parts.data.x[: min(len(parts.data), 20000)]
+            save_points(x, folder / f"step-{step:07d}.png", reference=ref)
+            if final:
+                save_points(x, run_dir / "samples.png", reference=ref)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    bar = None
+    if info.is_main and lc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, dynamic_ncols=True, desc="train", leave=True)
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    t_last = time.perf_counter()
+    step = start
+    stopped = False
+    net.train()
+    with _StopFlag() as flag:
+        while step < total:
+            torch.manual_seed(step_seed(tc.seed, info.rank, step))
+            lr = lr_at(step, tc.lr, warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x_all, y_all = next(loader)
+            x_all = x_all.to(device)
+            y_all = y_all.to(device) if (y_all is not None and parts.classes) else None
+            for i in range(tc.grad_accum):
+                x = x_all[i * micro:(i + 1) * micro]
+                y = None if y_all is None else y_all[i * micro:(i + 1) * micro]
+                last = i == tc.grad_accum - 1
+                sync = contextlib.nullcontext() if (last or ddp_net is net) else ddp_net.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        out = parts.method.loss(ddp_net, x, y)
+                    (out.loss / tc.grad_accum).backward()
+                for k, v in out.metrics.items():
+                    v = torch.as_tensor(v, dtype=torch.float32).detach().to(device)
+                    sums[k] = sums.get(k, 0) + v / tc.grad_accum
+            if tc.grad_clip is not None:
+                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+                sums["grad_norm"] = sums.get("grad_norm", 0) + gnorm.detach().float()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(net)
+            step += 1
+            count += 1
+
+            if step % lc.log_every == 0 or step == total:
+                names = sorted(sums)
+                vals = distributed.all_reduce_mean(torch.stack([sums[k] / count for k in names]))
+                now = time.perf_counter()
+                rec = {"step": step, **{k: float(v) for k, v in zip(names, vals)}, "lr": lr,
+                       "sec_per_step": (now - t_last) / count}
+                t_last, sums, count = now, {}, 0
+                if not all(math.isfinite(v) for k, v in rec.items() if k != "step"):
+                    raise RuntimeError(f"non-finite training scalars at step {step}: {rec}")
+                logger.write(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4g}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+            if info.enabled and step % tc.replica_check_every == 0:
+                distributed.check_replicas(net)
+            if step % lc.sample_every == 0 and step < total:
+                samples(step)
+            stop = distributed.any_rank(flag.requested, device) or (stop_at is not None and step >= stop_at)
+            if step % tc.checkpoint_every == 0 or step == total or stop:
+                checkpoint(step)
+            if stop and step < total:
+                stopped = True
+                break
+    if bar is not None:
+        bar.close()
+
+    if stopped:
+        if info.is_main:
+            echo(f"stopped at step {step}; checkpoint written. "
+                 f"Continue with: meanflow train --resume {run_dir}")
+        logger.close()
+        return run_dir
+    samples(step, final=True)
+    if info.is_main:
+        from meanflow.utils.plot import plot_loss
+
+        plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
+    if len(parts.shape) == 1 and cfg.data.is_toy:
+        _toy_report(cfg, parts, sample_net, info, run_dir, logger, step, echo)
+    logger.close()
+    if info.is_main:
+        echo(f"done: {total} steps. Samples: {run_dir / 'samples.png'}; loss curve: {run_dir / 'loss.png'}")
+    return run_dir
+
+
+def _toy_report(cfg: Config, parts: Parts, sample_net: nn.Module, info, run_dir, logger, step, echo) -> None:
+    """Sliced Wasserstein and energy distance between 1-step samples and fresh test points."""
+    if not info.is_main:
+        return
+    from meanflow.data import build_dataset
+    from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
+    from meanflow.sampling import generate
+
+    n = 4096
+    ref = build_dataset(cfg.data.name, split="test", n=n, seed=cfg.training.seed).x
+    dev = next(sample_net.parameters()).device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        x = generate(parts.method, sample_net, 0, n, steps=1, seed=cfg.training.seed + 1, batch_size=n,
+                     device=dev, shape=parts.shape, num_classes=0)
+    metrics = {"sliced_wasserstein": float(sliced_wasserstein(x, ref)), "energy_distance":
+               float(energy_distance(x, ref))}
+    (run_dir / "metrics.json").write_text(json.dumps({"step": step, "steps": 1, **metrics}, indent=2) + "\n")
+    logger.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    echo("1-step samples vs test points: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -1,0 +1,1 @@
+"""Small helpers with no knowledge of methods or networks: image grids, PNG files, plots."""
