@@ -165,9 +165,8 @@ class RefStats:
 
 def source_shape(images) -> tuple[int, int, int]:
     """(H, W, C) of an image source."""
-    if isinstance(images, ImageFolder):
-        return tuple(int(s) for s in images.shape)
-    return tuple(int(s) for s in images.shape[1:])
+    shape = tuple(int(s) for s in images.shape)  # arrays: [N, H, W, C]; lazy sources: (H, W, C)
+    return shape[1:] if len(shape) == 4 else shape
 
 
 def compute_ref_stats(images, model, *, batch_size: int = 50, device="cpu", kid_features: int = 10000,
