@@ -1,0 +1,45 @@
+"""The network registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meanflow.errors import UserError
+from meanflow.networks import NETWORKS, build_network
+
+
+def test_names_from_the_design():
+    expected = {"dit", "unet", "unet-ddpmpp", "mlp"}
+    expected |= {f"dit-{s}/{p}" for s in ("s", "b", "m", "l", "xl") for p in (2, 4, 8)}
+    assert set(NETWORKS) == expected
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(UserError, match="dit-b/2"):
+        build_network("resnet")
+
+
+def test_bad_kwargs_raise_user_error():
+    with pytest.raises(UserError):
+        build_network("mlp", dim=2, widht=3)
+    with pytest.raises(UserError):
+        build_network("dit-s/8", hidden_size=3)
+
+
+@pytest.mark.parametrize(
+    "name,kw,shape",
+    [
+        ("mlp", dict(dim=2, hidden=8, depth=1), (2, 2)),
+        ("dit", dict(input_size=8, in_channels=1, patch_size=4, hidden_size=8, depth=1,
+                     num_heads=2), (2, 1, 8, 8)),
+        ("dit-s/8", dict(input_size=16, in_channels=1, num_classes=0), (2, 1, 16, 16)),
+        ("unet", dict(img_resolution=8, in_channels=1, model_channels=8, channel_mult=[1],
+                      num_blocks=1, attn_resolutions=[], dropout=0.0), (2, 1, 8, 8)),
+    ],
+)
+def test_build_and_call(name, kw, shape):
+    net = build_network(name.upper(), **kw)
+    assert net.supports_tangents
+    z = torch.randn(shape)
+    assert net(z, torch.rand(2), torch.zeros(2)).shape == shape
