@@ -1,18 +1,6 @@
-"""Shared fixtures for the data tests: the real files in /work/shared/data (skipped when absent)."""
-
-import os
-from pathlib import Path
+"""Fixtures shared by the data tests."""
 
 import pytest
-
-SHARED = Path(os.environ.get("MEANFLOW_TEST_DATA", "/work/shared/data"))
-
-
-def shared_dir(name: str) -> Path:
-    d = SHARED / name
-    if not d.is_dir():
-        pytest.skip(f"real data folder {d} not available")
-    return d
 
 
 @pytest.fixture(autouse=True)

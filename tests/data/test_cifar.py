@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dir
+from data_testfiles import shared_dir
 
 from meanflow.data import build_dataset, cifar
 from meanflow.data.safe_pickle import safe_loads

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dir
+from data_testfiles import shared_dir
 
 from meanflow.data import build_dataset
 from meanflow.data.files import file_digest
