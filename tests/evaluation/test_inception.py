@@ -72,7 +72,8 @@ def test_preprocess_convention():
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, u8.float() / 127.5 - 1, atol=1e-6, rtol=0)  # 2 x - 1
     small = _images(1, 32, seed=4)
-    expected = F.interpolate(small.float() / 255, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    resized = F.interpolate(small.float() / 255, size=(299, 299), mode="bilinear", align_corners=False)
+    expected = resized * 2 - 1
     torch.testing.assert_close(InceptionV3.preprocess(small), expected)
     with pytest.raises(ValueError):
         InceptionV3.preprocess(torch.zeros(1, 1, 32, 32))

@@ -1,0 +1,212 @@
+"""``meanflow ref-stats`` and ``meanflow eval``: FID / KID like the papers measure them.
+
+    meanflow ref-stats --dataset mnist --data-dir DATA --split test --out mnist_test.npz
+    meanflow ref-stats --images FOLDER_OR_NPZ --out ref.npz
+    meanflow eval --samples samples.npz --ref mnist_test.npz
+    meanflow eval --checkpoint RUN_OR_CKPT --num-samples 10000 --steps 1 --ref mnist_test.npz
+
+Samples are uint8 (generated ones quantised as round((x+1)*127.5)), embedded by the FID
+Inception-v3 (pool3), and compared with the reference statistics. ``eval`` prints FID and KID and
+writes them as JSON beside the samples (``<samples>_eval.json``, or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meanflow.errors import UserError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="pt_inception-2015-12-05 state dict (default: $MEANFLOW_INCEPTION_WEIGHTS, "
+                        "else the cached/downloaded pytorch-fid file)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    """Add the ``ref-stats`` and ``eval`` subcommands."""
+    p = subparsers.add_parser("ref-stats", help="reference FID statistics of a dataset or image set",
+                              description="Compute Inception reference statistics (mu, sigma, KID features).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="a meanflow.data image dataset name (e.g. mnist, cifar10)")
+    src.add_argument("--images", metavar="PATH", help="a folder of images or an .npz/.npy image array")
+    p.add_argument("--data-dir", default=None, help="dataset folder (with --dataset)")
+    p.add_argument("--split", default="train", help="dataset split (default: train, as in the papers)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--kid-features", type=int, default=10000,
+                   help="store up to N reference features (seeded random subset) for KID; 0: none")
+    p.add_argument("--out", required=True, help="output .npz")
+    _add_common(p)
+    p.set_defaults(func=run_ref_stats)
+
+    p = subparsers.add_parser("eval", help="FID and KID of samples against reference statistics",
+                              description="FID/KID of an image set, or of fresh samples from a checkpoint.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples", metavar="PATH", help="uint8 samples: .npz/.npy array or image folder")
+    src.add_argument("--checkpoint", metavar="RUN_OR_CKPT", help="generate samples from this run/checkpoint")
+    p.add_argument("--ref", required=True, metavar="PATH",
+                   help="reference statistics .npz (from ref-stats), or reference images")
+    p.add_argument("--num-samples", type=int, default=50000, help="samples to generate (with --checkpoint)")
+    p.add_argument("--steps", type=int, default=1, help="sampling steps (with --checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, also for KID subsets")
+    p.add_argument("--class-label", type=int, default=None, help="generate one class only")
+    p.add_argument("--ema", default=None, help="which EMA weights to sample with (see `meanflow sample`)")
+    p.add_argument("--gen-batch-size", type=int, default=256, help="generation batch size")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--inception-score", action="store_true",
+                   help="also report the Inception Score (needs weights with the classifier)")
+    p.add_argument("--out", default=None, help="JSON output (default: <samples>_eval.json)")
+    _add_common(p)
+    p.set_defaults(func=run_eval)
+
+
+def _check_common(args) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available")
+
+
+def load_feature_model(args):
+    """The FID Inception-v3 for ``args`` (a module-level hook so tests can substitute a cheaper model)."""
+    from meanflow.evaluation.inception import load_inception
+
+    return load_inception(args.inception_weights, device=args.device)
+
+
+def run_ref_stats(args) -> dict:
+    from meanflow.evaluation.ref_stats import compute_ref_stats, dataset_images, load_images, save_stats
+
+    _check_common(args)
+    if args.max_images is not None and args.max_images < 2:
+        raise UserError(f"--max-images must be at least 2, got {args.max_images}")
+    if args.dataset:
+        images = dataset_images(args.dataset, split=args.split, data_dir=args.data_dir,
+                                download=args.download)
+        source = f"dataset={args.dataset} split={args.split}"
+    else:
+        images = load_images(args.images)
+        source = f"images={args.images}"
+    if args.max_images is not None and args.max_images < len(images):
+        n = args.max_images
+        images = images[:n] if isinstance(images, np.ndarray) else _Head(images, n)
+        source += f" first={args.max_images}"
+    model = load_feature_model(args)
+    stats = compute_ref_stats(images, model, batch_size=args.batch_size, device=args.device,
+                              kid_features=args.kid_features, progress=not args.no_progress, source=source)
+    save_stats(args.out, stats)
+    print(f"reference statistics of {stats.n} images ({source}) -> {args.out}")
+    return {"n": stats.n, "out": str(args.out)}
+
+
+class _Head:
+    """The first n images of a lazy source."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, n
+        self.shape = getattr(source, "shape", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: slice):
+        return self.source[slice(*index.indices(self.n))]
+
+
+def _generate(args) -> tuple[np.ndarray, Path]:
+    if args.num_samples < 2:
+        raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    from meanflow.sampling import generate_uint8, load_generator
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise UserError(f"checkpoint not found: {ckpt}")
+    ema = args.ema
+    if ema is not None:
+        try:
+            ema = float(ema)
+        except ValueError:
+            pass
+    method, net, _ = load_generator(str(ckpt), ema=ema)
+    images = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
+                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device)
+    out_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    path = out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
+    np.savez(path, samples=images)
+    print(f"generated {len(images)} samples ({args.steps} step(s)) -> {path}")
+    return images, path
+
+
+def _reference(args, model):
+    from meanflow.evaluation.ref_stats import compute_ref_stats, load_images, load_stats
+
+    ref = Path(args.ref)
+    if ref.is_file() and ref.suffix == ".npz":
+        try:
+            with np.load(ref, allow_pickle=False) as data:
+                is_stats = "mu" in data and "sigma" in data
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read reference {ref}: {exc}") from exc
+        if is_stats:
+            return load_stats(ref)
+    images = load_images(ref)  # reference images: embed them now
+    return compute_ref_stats(images, model, batch_size=args.batch_size, device=args.device,
+                             progress=not args.no_progress, source=f"images={ref}")
+
+
+def run_eval(args) -> dict:
+    from meanflow.evaluation.fid import inception_score
+    from meanflow.evaluation.ref_stats import check_compatible, evaluate_images, load_images
+
+    _check_common(args)
+    if args.kid_subsets < 1 or args.kid_subset_size < 2:
+        raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
+    if args.samples:
+        images, samples_path = load_images(args.samples), Path(args.samples)
+        default_out = samples_path.with_name(samples_path.stem + "_eval.json")
+        if samples_path.is_dir():
+            default_out = samples_path.parent / (samples_path.name + "_eval.json")
+        model = load_feature_model(args)
+        ref = _reference(args, model)
+        check_compatible(images, ref)  # before any expensive embedding
+    else:
+        model = load_feature_model(args)
+        ref = _reference(args, model)
+        images, samples_path = _generate(args)
+        default_out = samples_path.with_name(samples_path.stem + "_eval.json")
+    if args.inception_score and not model.has_classifier:
+        raise UserError("--inception-score: these Inception weights have no classifier (fc is NaN); "
+                        "pass the full pt_inception-2015-12-05 weights")
+    result = evaluate_images(images, ref, model, batch_size=args.batch_size, device=args.device,
+                             progress=not args.no_progress, kid_subsets=args.kid_subsets,
+                             kid_subset_size=args.kid_subset_size, seed=args.seed)
+    feats = result.pop("_features")
+    if args.inception_score:
+        with torch.inference_mode():
+            logits = model.logits(torch.from_numpy(feats).to(args.device)).cpu().numpy()
+        result["inception_score"], result["inception_score_std"] = inception_score(logits)
+    result.update(samples=str(samples_path), ref=str(args.ref))
+    if args.checkpoint:
+        result.update(checkpoint=str(args.checkpoint), steps=args.steps, seed=args.seed)
+    out = Path(args.out) if args.out else default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    line = f"FID {result['fid']:.4f}"
+    if result["kid"] is not None:
+        line += f"  KID {result['kid']:.6f} +- {result['kid_std']:.6f}"
+    if "inception_score" in result:
+        line += f"  IS {result['inception_score']:.3f} +- {result['inception_score_std']:.3f}"
+    print(f"{line}  ({result['num_samples']} samples vs {result['num_reference']} reference) -> {out}")
+    return result
