@@ -41,6 +41,19 @@ def test_frechet_distance_general_covariances_against_eigen_route():
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("rank_deficient", [False, True])
+def test_sqrtm_and_eigh_routes_agree(rank_deficient):
+    rng = np.random.default_rng(7)
+    n = 30 if rank_deficient else 400
+    f1, f2 = rng.normal(size=(n, 48)) * rng.uniform(0.2, 2, 48), rng.normal(size=(n, 48)) + 0.2
+    a, b = feature_statistics(f1), feature_statistics(f2)
+    d_sqrtm = frechet_distance(*a, *b, method="sqrtm")
+    assert frechet_distance(*a, *b, method="eigh") == pytest.approx(d_sqrtm, rel=1e-6, abs=1e-6)
+    assert abs(frechet_distance(*a, *a, method="eigh")) < 1e-6 * np.trace(a[1])
+    with pytest.raises(UserError, match="unknown"):
+        frechet_distance(*a, *b, method="svd")
+
+
 def test_fid_of_a_set_against_itself_is_zero_even_when_rank_deficient():
     rng = np.random.default_rng(2)
     feats = rng.normal(size=(20, 64)) * rng.uniform(0.5, 2, 64)  # n < d: singular covariance

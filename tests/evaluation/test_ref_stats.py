@@ -42,6 +42,14 @@ def test_quantization_inverts_the_dataset_scaling_exactly():
     assert q.ravel().tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds half to even -> 128
 
 
+def test_quantization_is_the_same_as_for_generated_samples():
+    from meanflow.utils.images import to_uint8  # what meanflow.sampling.generate_uint8 uses
+
+    x = torch.randn(3, 3, 7, 5, generator=torch.Generator().manual_seed(0)) * 0.7
+    x[0, 0, 0, :3] = torch.tensor([-1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(quantize_uint8(x), to_uint8(x))
+
+
 def test_as_uint8_nhwc_layouts():
     nhwc = np.random.default_rng(0).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
     np.testing.assert_array_equal(as_uint8_nhwc(nhwc), nhwc)

@@ -61,6 +61,8 @@ def register(subparsers) -> None:
     p.add_argument("--class-label", type=int, default=None, help="generate one class only")
     p.add_argument("--ema", default=None, help="which EMA weights to sample with (see `meanflow sample`)")
     p.add_argument("--gen-batch-size", type=int, default=256, help="generation batch size")
+    p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
+                   help="matrix square root: sqrtm (pytorch-fid's, default) or eigh (same value, faster)")
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--inception-score", action="store_true",
@@ -133,13 +135,7 @@ def _generate(args) -> tuple[np.ndarray, Path]:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
-    ema = args.ema
-    if ema is not None:
-        try:
-            ema = float(ema)
-        except ValueError:
-            pass
-    method, net, _ = load_generator(str(ckpt), ema=ema)
+    method, net, _ = load_generator(str(ckpt), ema=args.ema, device=args.device)
     images = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
                             batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
@@ -191,7 +187,8 @@ def run_eval(args) -> dict:
                         "pass the full pt_inception-2015-12-05 weights")
     result = evaluate_images(images, ref, model, batch_size=args.batch_size, device=args.device,
                              progress=not args.no_progress, kid_subsets=args.kid_subsets,
-                             kid_subset_size=args.kid_subset_size, seed=args.seed)
+                             kid_subset_size=args.kid_subset_size, seed=args.seed,
+                             fid_method=args.fid_method)
     feats = result.pop("_features")
     if args.inception_score:
         with torch.inference_mode():

@@ -48,14 +48,19 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = "sqrtm") -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     ``d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``, in float64.
-    When the product is (numerically) singular its square root is not finite; then ``eps`` is added to
-    both diagonals, as pytorch-fid does. A complex square root with a noticeable imaginary diagonal
-    is an error; a tiny one (round-off) is dropped.
+
+    ``method="sqrtm"`` (default) is pytorch-fid's computation: ``scipy.linalg.sqrtm`` of the product;
+    when that is not finite (singular product) ``eps`` is added to both diagonals; a complex root
+    with a noticeable imaginary diagonal is an error, a tiny one (round-off) is dropped.
+    ``method="eigh"`` computes the same trace as ``sum sqrt(eig(S1^(1/2) S2 S1^(1/2)))`` with two
+    symmetric eigendecompositions: equal up to round-off, several times faster at d = 2048 on a CPU.
     """
+    if method not in ("sqrtm", "eigh"):
+        raise UserError(f"unknown Fréchet distance method {method!r} (sqrtm or eigh)")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
@@ -63,6 +68,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}"
         )
     diff = mu1 - mu2
+    if method == "eigh":
+        return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2))
     covmean = scipy.linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps
@@ -72,6 +79,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             raise ValueError(f"matrix square root has imaginary component {np.abs(covmean.imag).max():.3g}")
         covmean = covmean.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    # S1 S2 is similar to the symmetric PSD matrix R S2 R (R = S1^(1/2)): same eigenvalues, all >= 0.
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    r = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = np.linalg.eigvalsh(r @ s2 @ r)
+    return float(np.sqrt(np.clip(lam, 0, None)).sum())
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, coef0: float = 1.0) -> np.ndarray:

@@ -234,7 +234,7 @@ def check_compatible(images, ref: RefStats, what: str = "samples") -> None:
 
 def evaluate_images(images, ref: RefStats, model, *, batch_size: int = 50, device="cpu",
                     progress: bool = True, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, fid_method: str = "sqrtm") -> dict:
     """FID (and KID when the reference carries features) of uint8 images [N, H, W, C] against ``ref``.
 
     Returns ``{"fid", "kid", "kid_std", "num_samples", "num_reference"}`` (KID entries None without
@@ -248,7 +248,8 @@ def evaluate_images(images, ref: RefStats, model, *, batch_size: int = 50, devic
             f"features are {feats.shape[1]}-d but the reference statistics are {ref.mu.shape[0]}-d"
         )
     mu, sigma = feature_statistics(feats)
-    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma), "kid": None, "kid_std": None,
+    fid = frechet_distance(mu, sigma, ref.mu, ref.sigma, method=fid_method)
+    result = {"fid": fid, "kid": None, "kid_std": None,
               "num_samples": int(feats.shape[0]), "num_reference": int(ref.n)}
     if ref.features is not None and len(ref.features) >= 2:
         kid, kid_std = kernel_inception_distance(feats, ref.features, num_subsets=kid_subsets,
