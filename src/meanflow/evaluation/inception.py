@@ -337,7 +337,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         raise UserError(f"{path} is not a readable PyTorch weights file ({msg[:200]})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
-    reference = InceptionV3().state_dict()
+    with torch.device("meta"):  # shapes only: no memory, no random init
+        reference = InceptionV3().state_dict()
     required = [k for k in reference if not k.startswith("fc.")]
     missing = [k for k in required if k not in state]
     unexpected = [k for k in state if k not in reference]
