@@ -1,0 +1,304 @@
+"""What a MeanFlow training step costs next to flow matching, on the same network.
+
+For a small DiT on 32x32x4 latents and a small U-Net on 32x32x3 images, at a fixed batch, prints:
+
+* median time of one training step (forward + backward + Adam step) for flow matching (FM),
+  MeanFlow through the network's tangent mode (MF) and MeanFlow through ``torch.func.jvp``
+  with the tangent mode hidden (MF-naive), and the ratios to FM. The three are timed
+  *interleaved in one process* (FM, MF, MF-naive, FM, ...) so that load from other processes on
+  a shared machine hits them alike;
+* memory, each case in a *fresh subprocess*:
+  - ``peak RSS``: peak resident memory during the timed steps minus the resident memory after
+    setup (network, data, gradients and Adam state already allocated), with
+    ``MALLOC_MMAP_THRESHOLD_`` set so that freed tensors go back to the OS and RSS tracks live
+    memory (CUDA: ``torch.cuda.max_memory_allocated`` above the same baseline);
+  - ``saved``: bytes of the tensors autograd saves for backward during one loss evaluation
+    (``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded): the
+    activation memory the method adds, independent of the allocator;
+* 1-step MeanFlow sampling throughput against a bare ``net(z, t, h)`` forward (interleaved);
+* with ``--compile``: the same step ratios with the loss under ``torch.compile`` (slow to build on
+  CPU: minutes).
+
+Usage::
+
+    python benchmarks/step_cost.py                      # CPU defaults: batch 16, 1 thread
+    python benchmarks/step_cost.py --device cuda --batch 64 --iters 30
+    python benchmarks/step_cost.py --profile            # where the MF step's extra time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+from torch import nn
+
+from meanflow.methods import FlowMatching, MeanFlow
+from meanflow.networks import build_network
+
+NETS = {
+    # DiT-S-like width, shallower, patch 2 on 32x32x4: 256 tokens (the paper's latent size).
+    "dit": dict(
+        name="dit", shape=(4, 32, 32),
+        kwargs=dict(input_size=32, in_channels=4, patch_size=2, hidden_size=256, depth=4, num_heads=4,
+                    num_classes=0),
+    ),
+    # DDPM++-like U-Net, narrow: 32 channels, 2 levels below 32x32, attention at 16x16.
+    "unet": dict(
+        name="unet", shape=(3, 32, 32),
+        kwargs=dict(img_resolution=32, in_channels=3, model_channels=32, channel_mult=(1, 2, 2),
+                    num_blocks=1, attn_resolutions=(16,), dropout=0.0, num_classes=0),
+    ),
+}
+MODES = ("fm", "mf", "mf-naive")
+
+
+class HideTangents(nn.Module):
+    """Hides a network's tangent mode so MeanFlow falls back to torch.func.jvp."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z, t, h, y=None):
+        return self.inner(z, t, h, y)
+
+
+def build(net_key: str, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    spec = NETS[net_key]
+    net = build_network(spec["name"], **spec["kwargs"]).to(device)
+    with torch.no_grad():  # move off the zero-init (adaLN, output) so the work is realistic
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net
+
+
+def make_step(mode: str, net: nn.Module, x: torch.Tensor, compiled: bool = False):
+    """One training step closure ``() -> None`` for a mode, with its own Adam optimizer."""
+    method = FlowMatching() if mode == "fm" else MeanFlow()
+    target = HideTangents(net) if mode == "mf-naive" else net
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    for p in net.parameters():  # allocate grads and Adam state up front (part of the baseline)
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    loss_fn = method.loss
+    if compiled:
+        loss_fn = torch.compile(method.loss)
+
+    def step():
+        out = loss_fn(target, x)
+        opt.zero_grad(set_to_none=False)
+        out.loss.backward()
+        opt.step()
+
+    return step, method, target
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def saved_tensor_bytes(method, target, net, x) -> int:
+    """Bytes of unique non-parameter storages saved for backward by one loss evaluation."""
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor):
+            base = t
+            while torch._C._functorch.is_functorch_wrapped_tensor(base):  # torch.func.jvp wrappers
+                base = torch._C._functorch.get_unwrapped(base)
+            try:
+                s = base.untyped_storage()
+                key, nbytes = s.data_ptr(), s.nbytes()
+            except RuntimeError:  # a storage-less wrapper (forward-AD dual): count the view itself
+                key, nbytes = id(base), base.numel() * base.element_size()
+            if key not in params:
+                seen[key] = nbytes
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = method.loss(target, x)
+    del out
+    return sum(seen.values())
+
+
+def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) -> dict:
+    """Runs in a fresh process: memory of ``iters`` steps of one mode above the post-setup baseline."""
+    net = build(net_key, device)
+    x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
+    step, method, target = make_step(mode, net, x)
+    saved = saved_tensor_bytes(method, target, net, x)
+    gc.collect()
+    sync(device)
+    peak = 0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(iters):
+            step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _rss_bytes()
+        stop = threading.Event()
+        samples = [base]
+
+        def poll():  # torch kernels release the GIL, so this samples during the step
+            while not stop.is_set():
+                samples.append(_rss_bytes())
+                time.sleep(0.0005)
+
+        th = threading.Thread(target=poll, daemon=True)
+        th.start()
+        for _ in range(iters):
+            step()
+        stop.set()
+        th.join()
+        # ru_maxrss is the process high-water mark (setup stays below the baseline).
+        hw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = max(max(samples), hw) - base
+    return {"peak_bytes": peak, "saved_bytes": saved}
+
+
+def time_steps(net_key: str, batch: int, iters: int, device: str, compiled: bool) -> dict:
+    """Median step time of each mode, interleaved in this process, each mode on its own net copy."""
+    base = build(net_key, device)
+    x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
+    steps = {m: make_step(m, copy.deepcopy(base), x, compiled)[0] for m in MODES}
+    for s in steps.values():  # warm-up (and compilation)
+        s()
+        s()
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for _ in range(iters):
+        for m, s in steps.items():
+            sync(device)
+            t0 = time.perf_counter()
+            s()
+            sync(device)
+            times[m].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+@torch.no_grad()
+def time_sampling(net_key: str, batch: int, iters: int, device: str) -> dict:
+    """Median time of a bare forward and of 1-step MeanFlow sampling, interleaved."""
+    net = build(net_key, device).eval()
+    e = torch.randn(batch, *NETS[net_key]["shape"], device=device)
+    ones = torch.ones(batch, device=device)
+    method = MeanFlow()
+    fns = {"forward": lambda: net(e, ones, ones), "mf-1step": lambda: method.sample(net, e)}
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, f in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def profile(net_key: str, batch: int, device: str) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    net = build(net_key, device)
+    x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
+    for mode in ("fm", "mf"):
+        step = make_step(mode, copy.deepcopy(net), x)[0]
+        step()
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with tprofile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(f"\n--- profile {net_key} {mode} (3 steps, top ops by self time) ---")
+        print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=40))
+
+
+def run_worker(args) -> None:
+    torch.set_num_threads(args.threads)
+    print(json.dumps(worker_memory(args.worker[0], args.worker[1], args.batch, args.mem_iters, args.device)))
+
+
+def memory_in_subprocess(net_key: str, mode: str, args) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--worker", net_key, mode, "--batch", str(args.batch),
+           "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", default="dit,unet")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per mode")
+    p.add_argument("--mem-iters", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="also time the loss under torch.compile")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table for FM and MF")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return run_worker(args)
+    torch.set_num_threads(args.threads)
+    mib = 2.0**20
+    print(f"torch {torch.__version__}, device {args.device}, batch {args.batch}, threads {args.threads}, "
+          f"{args.iters} timed steps per mode (median), memory over {args.mem_iters} steps per fresh process")
+    print("time: FM, MF, MF-naive steps interleaved in one process; ratios are to FM on the same net")
+    print("peak: peak RSS (CPU) / max allocated (CUDA) during steps minus post-setup baseline "
+          "(params, grads, Adam state); saved: tensors saved for backward by one loss (no params)\n")
+    hdr = (f"{'net':5s} {'params':>7s} {'mode':9s} {'step ms':>8s} {'x FM':>5s} {'peak MiB':>9s} "
+           f"{'x FM':>5s} {'saved MiB':>9s} {'x FM':>5s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for key in args.nets.split(","):
+        n_params = sum(p.numel() for p in build(key, "cpu").parameters()) / 1e6
+        t = time_steps(key, args.batch, args.iters, args.device, compiled=False)
+        mem = {m: memory_in_subprocess(key, m, args) for m in MODES}
+        for m in MODES:
+            peak, saved = mem[m]["peak_bytes"], mem[m]["saved_bytes"]
+            print(f"{key:5s} {n_params:6.2f}M {m:9s} {t[m] * 1e3:8.1f} {t[m] / t['fm']:5.2f} "
+                  f"{peak / mib:9.1f} {peak / mem['fm']['peak_bytes']:5.2f} "
+                  f"{saved / mib:9.1f} {saved / mem['fm']['saved_bytes']:5.2f}")
+        s = time_sampling(key, args.batch, max(args.iters, 10), args.device)
+        print(f"{key:5s} sampling: bare forward {s['forward'] * 1e3:.1f} ms, MeanFlow 1-step "
+              f"{s['mf-1step'] * 1e3:.1f} ms ({args.batch / s['mf-1step']:.0f} samples/s), "
+              f"ratio {s['mf-1step'] / s['forward']:.3f}")
+        if args.compile:
+            try:
+                tc = time_steps(key, args.batch, args.iters, args.device, compiled=True)
+                print(f"{key:5s} compiled: FM {tc['fm'] * 1e3:.1f} ms, MF {tc['mf'] * 1e3:.1f} ms "
+                      f"(x{tc['mf'] / tc['fm']:.2f}), MF-naive {tc['mf-naive'] * 1e3:.1f} ms "
+                      f"(x{tc['mf-naive'] / tc['fm']:.2f}); compiled/eager MF {tc['mf'] / t['mf']:.2f}")
+            except Exception as exc:  # report, do not hide: compile support is platform-dependent
+                print(f"{key:5s} compiled: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        if args.profile:
+            profile(key, args.batch, args.device)
+        print()
+
+
+if __name__ == "__main__":
+    main()
