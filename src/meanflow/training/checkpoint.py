@@ -75,7 +75,8 @@ def _optim_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         state.setdefault(int(idx), {})[key] = val
     for idx, st in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],

@@ -202,12 +202,17 @@ class TrainingConfig:
     """Clip the global gradient norm to this value (None: no clipping)."""
     ema_decays: list[float] = field(default_factory=lambda: [0.999])
     """EMA decays kept at once; the first one is used for the periodic sample grids."""
+    ema_warmup: bool = True
+    """Ramp each EMA decay up as min(decay, (1 + n) / (10 + n)) over the first updates (short runs);
+    the paper presets keep the constant decay."""
     seed: int = 0
     """Seed of everything random (model init, data order, noise); a CPU run is repeatable."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'. The method keeps JVP/loss fp32."""
+    num_threads: int = 0
+    """CPU threads of torch (0: torch's default). On a shared machine 1 avoids oversubscription."""
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_last: int = 2
@@ -240,6 +245,7 @@ class TrainingConfig:
                f"got {self.device!r}")
         _check(self.precision in ("auto", "fp32", "bf16"), f"training.precision must be auto/fp32/bf16, "
                f"got {self.precision!r}")
+        _check(self.num_threads >= 0, "training.num_threads must be >= 0")
         _check(self.checkpoint_every > 0, "training.checkpoint_every must be > 0")
         _check(self.keep_last > 0, "training.keep_last must be > 0")
         _check(self.replica_check_every > 0, "training.replica_check_every must be > 0")

@@ -16,10 +16,14 @@ class EMA:
     Args:
         net: the (unwrapped) network whose `state_dict()` is tracked.
         decays: e.g. [0.9999, 0.99995, 0.9996].
+        warmup: use min(decay, (1 + n) / (10 + n)) at update n, so that the average forgets the
+            random initialisation within a short run (the papers' long runs use the constant decay).
     """
 
-    def __init__(self, net: nn.Module, decays: list[float]) -> None:
+    def __init__(self, net: nn.Module, decays: list[float], warmup: bool = False) -> None:
         self.decays = [float(d) for d in decays]
+        self.warmup = warmup
+        self.num_updates = 0
         state = net.state_dict()
         self.shadows: dict[float, dict[str, torch.Tensor]] = {
             d: {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
@@ -31,7 +35,10 @@ class EMA:
     def update(self, net: nn.Module) -> None:
         params = dict(net.named_parameters())
         state = net.state_dict()
+        self.num_updates += 1
         for d, shadow in self.shadows.items():
+            if self.warmup:  # short runs: do not let the random init linger in the average
+                d = min(d, (1.0 + self.num_updates) / (10.0 + self.num_updates))
             for k, v in state.items():
                 if k in params and v.is_floating_point():
                     shadow[k].lerp_(v.detach().float(), 1.0 - d)

@@ -35,7 +35,7 @@ from meanflow.training.schedule import lr_at, step_seed
 
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every", "training.keep_last",
-                     "training.device", "training.replica_check_every", "logging", "data.data_dir",
+                     "training.device", "training.num_threads", "training.replica_check_every", "logging", "data.data_dir",
                      "preset")
 
 
@@ -161,6 +161,8 @@ def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None 
         echo: where rank 0's one-line messages go.
     """
     device = resolve_device(cfg.training.device)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
     owns_group = not torch.distributed.is_initialized()
     info = distributed.init(device.type)
     try:
@@ -198,7 +200,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     net = parts.net.to(device)
     opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(net.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    ema = EMA(net, tc.ema_decays)
+    ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
     start = 0
     if ckpt is not None:
         net.load_state_dict(ckpt.model())
@@ -209,6 +211,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             optimizer.load_state_dict(opt_state)
         loader.load_state_dict(ckpt.state["sampler"])
         start = ckpt.step
+        ema.num_updates = start
         if start >= total:
             raise UserError(f"checkpoint is at step {start}, the run ends at step {total}: nothing to do "
                             "(raise training.steps to train longer)")

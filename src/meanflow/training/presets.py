@@ -44,6 +44,7 @@ _CIFAR10 = {
     "training": {"batch_size": 1024, "grad_accum": 1, "steps": None, "epochs": 16000, "optimizer": "adam",
                  "lr": 6e-4, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0,
                  "warmup_epochs": 200, "grad_clip": None, "ema_decays": [0.9999, 0.99995, 0.9996],
+                 "ema_warmup": False,
                  "checkpoint_every": 10000, "keep_last": 3},
     "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
 }
@@ -61,8 +62,10 @@ def _imagenet(net: str, omega: float, kappa: float, t_start: float, t_end: float
                    "norm_eps": 0.01, "omega": omega, "kappa": kappa, "t_start": t_start, "t_end": t_end,
                    "class_dropout": 0.1},
         "training": {"batch_size": 256, "grad_accum": 1, "steps": None, "epochs": epochs,
-                     "optimizer": "adamw", "lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 0,
+                     "optimizer": "adamw", "lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.0,
+                     "warmup_steps": 0,
                      "warmup_epochs": None, "grad_clip": None, "ema_decays": [0.9999],
+                     "ema_warmup": False,
                      "checkpoint_every": 10000, "keep_last": 3},
         "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
     }

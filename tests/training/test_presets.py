@@ -1,0 +1,61 @@
+"""The paper presets reproduce the published settings of SPEC §1 exactly."""
+
+import pytest
+
+from meanflow.training.presets import resolve_config
+
+IMAGENET = {  # name: (network, omega, kappa, t_start, t_end, epochs)
+    "imagenet-b4": ("dit-b/4", 1.0, 0.5, 0.0, 1.0, 240),
+    "imagenet-b2": ("dit-b/2", 1.0, 0.5, 0.0, 1.0, 240),
+    "imagenet-l2": ("dit-l/2", 0.2, 0.92, 0.0, 0.8, 240),
+    "imagenet-xl2": ("dit-xl/2", 0.2, 0.92, 0.0, 0.75, 240),
+    "imagenet-xl2-plus": ("dit-xl/2", 1.0, 0.5, 0.3, 0.8, 1000),
+    "imagenet-m2": ("dit-m/2", None, None, None, None, 240),  # SPEC leaves M/2's guidance blank
+}
+
+
+@pytest.mark.parametrize("name", list(IMAGENET))
+def test_imagenet_presets(name):
+    net, omega, kappa, t0, t1, epochs = IMAGENET[name]
+    c = resolve_config(name)
+    assert c.data.name == "latents" and c.data.use_labels
+    assert c.network.name == net
+    assert c.network.kwargs == {"input_size": 32, "in_channels": 4, "num_classes": 1000}
+    t, m = c.training, c.method
+    assert (t.batch_size, t.lr, t.betas, t.weight_decay) == (256, 1e-4, (0.9, 0.95), 0.0)
+    assert t.optimizer in ("adam", "adamw") and t.warmup_steps == 0 and t.warmup_epochs is None
+    assert (t.epochs, t.steps, t.ema_decays, t.grad_accum) == (epochs, None, [0.9999], 1)
+    assert t.grad_clip is None and not t.ema_warmup
+    assert m.name == "meanflow" and m.time_dist == "logit_normal" and m.time_pairing == "sort"
+    assert (m.t_mean, m.t_std, m.r_mean, m.r_std) == (-0.4, 1.0, -0.4, 1.0)
+    assert (m.ratio, m.norm_p, m.norm_eps, m.class_dropout) == (0.25, 1.0, 0.01, 0.1)
+    if omega is not None:
+        assert (m.omega, m.kappa, m.t_start, m.t_end) == (omega, kappa, t0, t1)
+        assert m.omega / (1 - m.kappa) == pytest.approx({1.0: 2.0, 0.2: 2.5}[omega])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar10-v1"])
+def test_cifar10_presets(name):
+    c = resolve_config(name)
+    assert c.data.name == "cifar10" and not c.data.use_labels and c.data.augment_p == 0.12
+    assert c.network.name == "unet-ddpmpp"
+    assert c.network.kwargs == {"model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
+                                "attn_resolutions": [16], "dropout": 0.2}
+    t, m = c.training, c.method
+    assert (t.batch_size, t.optimizer, t.lr, t.betas, t.weight_decay) == (1024, "adam", 6e-4, (0.9, 0.999), 0.0)
+    assert t.warmup_epochs == 200 and t.ema_decays == [0.9999, 0.99995, 0.9996] and not t.ema_warmup
+    assert t.grad_clip is None
+    assert t.total_steps(50_000) == 781_250  # 16,000 epochs of the official code, "~800k iterations"
+    assert (m.ratio, m.norm_p, m.norm_eps, m.omega, m.kappa) == (0.75, 0.75, 1e-3, 1.0, 0.0)
+    if name == "cifar10":
+        assert (m.t_mean, m.t_std, m.r_mean, m.r_std, m.time_pairing) == (-2.0, 2.0, -2.0, 2.0, "sort")
+    else:
+        assert (m.t_mean, m.t_std, m.r_mean, m.r_std, m.time_pairing) == (-0.6, 1.6, -4.0, 1.6, "min")
+
+
+def test_cpu_presets():
+    assert resolve_config("toy-2d").network.name == "mlp"
+    assert resolve_config("toy-2d").data.name == "checkerboard"
+    for name in ("mnist", "fashion-mnist"):
+        c = resolve_config(name)
+        assert c.data.name == name and c.data.use_labels
