@@ -226,6 +226,7 @@ def test_bad_schedules_raise(sched, steps):
         dict(t_start=0.8, t_end=0.2, num_classes=10), dict(t_end=1.5, num_classes=10),
         dict(kappa=1.0, num_classes=10), dict(omega=0.0, num_classes=10),
         dict(class_dropout=1.2, num_classes=10), dict(num_classes=-1), dict(omega=2.0),
+        dict(compile="yes"),
     ],
 )
 def test_invalid_hyper_parameters_raise(kwargs):
