@@ -14,7 +14,8 @@ Tangent formulas used below (``.`` is elementwise, ``<a>`` a mean over the norma
 * linear / conv:       ``dy = W dx``                       (no bias)
 * norm:                ``y = (x - <x>) r``, ``r = 1/sqrt(var + eps)``,
                        ``dy = r (dxc - y <y dxc>)`` with ``dxc = dx - <dx>``
-* activation f:        ``dy = f'(x) . dx``
+                       (symmetric Jacobian: computed by the fused backward kernel)
+* activation f:        ``dy = f'(x) . dx``  (equal to the backward: fused kernel)
 * modulate:            ``y = x (1 + s) + b``, ``dy = dx (1 + s) + x ds + db``
 * attention:           ``O = P V``, ``P = softmax(S)``, ``S = q k^T / sqrt(d)``,
                        ``dS = (dq k^T + q dk^T) / sqrt(d)``,
@@ -22,8 +23,6 @@ Tangent formulas used below (``.`` is elementwise, ``<a>`` a mean over the norma
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -108,10 +107,10 @@ def upsample(x: Tensor, dx: Tensor | None = None) -> Pair:
 # Normalisation.
 
 
-def _norm_tangent(y_hat: Tensor, rstd: Tensor, dx: Tensor, dim: int | tuple[int, ...]) -> Tensor:
-    # dy_hat = rstd * (dxc - y_hat * <y_hat * dxc>); <y_hat> = 0 so <y_hat * dxc> = <y_hat * dx>.
-    dxc = dx - dx.mean(dim, keepdim=True)
-    return rstd * (dxc - y_hat * (y_hat * dx).mean(dim, keepdim=True))
+# The Jacobian of a normalisation y_hat = (x - <x>) r is r (I - 11^T/n - y_hat y_hat^T / n), a
+# symmetric matrix, so the tangent J dx equals the vector-Jacobian product J^T dx: the fused
+# backward kernels compute it in one pass from the primal's saved mean and rstd.
+_aten = torch.ops.aten
 
 
 def layer_norm(
@@ -123,8 +122,9 @@ def layer_norm(
 ) -> Pair:
     """Layer normalisation over the last axis, ``y = (x - mean) / sqrt(var + eps) * w + b``.
 
-    The primal uses the fused ``F.layer_norm``; the tangent recomputes the statistics (one
-    reduction) and applies the analytic derivative of the normalisation.
+    Tangent: ``dy = w . r (dxc - y_hat <y_hat dxc>)`` with ``dxc = dx - <dx>``, evaluated with
+    the fused layer-norm backward kernel (valid because the Jacobian of the normalisation is
+    symmetric) and the primal's mean and ``r = 1/sqrt(var + eps)``.
 
     Args:
         x: input ``[..., D]``.
@@ -135,14 +135,14 @@ def layer_norm(
     Returns:
         ``(y, dy)`` of shape ``[..., D]``.
     """
-    y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    shape = x.shape[-1:]
     if dx is None:
-        return y, None
+        return F.layer_norm(x, shape, weight, bias, eps), None
+    y, mean, rstd = _aten.native_layer_norm(x, shape, weight, bias, eps)
     with torch.no_grad():
-        var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-        rstd = torch.rsqrt(var + eps)
-        y_hat = (x - mean) * rstd if weight is not None or bias is not None else y
-        dy = _norm_tangent(y_hat, rstd, dx, -1)
+        dy = _aten.native_layer_norm_backward(
+            dx, x, shape, mean, rstd, None, None, [True, False, False]
+        )[0]
         if weight is not None:
             dy = dy * weight
     return y, dy
@@ -159,7 +159,8 @@ def group_norm(
     """Group normalisation written from elementary ops (so ``torch.compile`` can trace its JVP).
 
     ``x [B, C, *S]`` is split into ``G`` groups of ``C/G`` channels; each group is normalised
-    over its channels and all spatial positions, then ``y = y_hat * w[c] + b[c]``.
+    over its channels and all spatial positions, then ``y = y_hat * w[c] + b[c]``. The tangent
+    is the same formula as for :func:`layer_norm`, per group, via the fused backward kernel.
 
     Args:
         x: input ``[B, C, *S]``.
@@ -175,9 +176,8 @@ def group_norm(
     xg = x.reshape(b, num_groups, -1)
     var, mean = torch.var_mean(xg, dim=-1, keepdim=True, correction=0)
     rstd = torch.rsqrt(var + eps)
-    y_hat = (xg - mean) * rstd
     affine_shape = (1, c) + (1,) * (x.dim() - 2)
-    y = y_hat.reshape(x.shape)
+    y = ((xg - mean) * rstd).reshape(x.shape)
     if weight is not None:
         y = y * weight.reshape(affine_shape)
     if bias is not None:
@@ -185,7 +185,11 @@ def group_norm(
     if dx is None:
         return y, None
     with torch.no_grad():
-        dy = _norm_tangent(y_hat, rstd, dx.reshape(b, num_groups, -1), -1).reshape(x.shape)
+        hw = xg.shape[-1] * num_groups // c
+        dy = _aten.native_group_norm_backward(
+            dx.contiguous(), x.contiguous(), mean.reshape(b, num_groups),
+            rstd.reshape(b, num_groups), None, b, c, hw, num_groups, [True, False, False],
+        )[0]
         if weight is not None:
             dy = dy * weight.reshape(affine_shape)
     return y, dy
@@ -222,32 +226,28 @@ class GroupNorm(nn.Module):
 
 
 def silu(x: Tensor, dx: Tensor | None = None) -> Pair:
-    """``y = x sigmoid(x)``; ``dy = dx . s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
+    """``y = x sigmoid(x)``; ``dy = dx . s (1 + x (1 - s))`` with ``s = sigmoid(x)``.
+
+    For a pointwise ``f`` the tangent ``f'(x) dx`` equals the backward ``dx f'(x)``, so the
+    fused backward kernel computes it in one pass.
+    """
     y = F.silu(x)
     if dx is None:
         return y, None
     with torch.no_grad():
-        s = torch.sigmoid(x)
-        dy = dx * (s + y * (1 - s))
-    return y, dy
-
-
-_GELU_C = math.sqrt(2.0 / math.pi)
+        return y, torch.ops.aten.silu_backward(dx, x)
 
 
 def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
-    """Tanh-approximated GELU ``y = x/2 (1 + tanh(u))``, ``u = c (x + 0.044715 x^3)``.
+    """Tanh-approximated GELU ``y = x/2 (1 + tanh(u))``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``.
 
-    ``dy = dx . (1/2 (1 + tanh u) + x/2 (1 - tanh^2 u) c (1 + 3 * 0.044715 x^2))``.
+    ``dy = gelu'(x) . dx`` (fused backward kernel, as in :func:`silu`).
     """
     y = F.gelu(x, approximate="tanh")
     if dx is None:
         return y, None
     with torch.no_grad():
-        x2 = x * x
-        th = torch.tanh(_GELU_C * x * (1 + 0.044715 * x2))
-        dy = dx * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * _GELU_C * (1 + 3 * 0.044715 * x2))
-    return y, dy
+        return y, torch.ops.aten.gelu_backward(dx, x, approximate="tanh")
 
 
 def modulate(
