@@ -290,7 +290,7 @@ def test_wrong_weights_files(tmp_path):
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shared FID Inception weights not present")
 def test_real_inception_ref_stats_and_inception_score_refusal(tmp_path):
-    np.savez(tmp_path / "real.npz", images=_images(4, size=16))
+    np.savez(tmp_path / "real.npz", images=_images(2, size=16))
     run(
         [
             "ref-stats",
@@ -307,7 +307,7 @@ def test_real_inception_ref_stats_and_inception_score_refusal(tmp_path):
     )
     with np.load(tmp_path / "ref.npz") as data:
         assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
-        assert data["features"].shape == (4, 2048) and np.isfinite(data["sigma"]).all()
+        assert data["features"].shape == (2, 2048) and np.isfinite(data["sigma"]).all()
         assert float(data["features"].std()) > 0.01
     # This file has no classifier: the Inception Score is refused up front, before any embedding.
     _one_line_user_error(
@@ -323,3 +323,12 @@ def test_real_inception_ref_stats_and_inception_score_refusal(tmp_path):
         ],
         "no classifier",
     )
+
+
+def test_main_reports_user_errors_on_one_line(tmp_path, capsys):
+    from meanflow.cli import main
+
+    code = main(["eval", "--samples", str(tmp_path / "none.npz"), "--ref", str(tmp_path / "ref.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("meanflow: error: ") and err.count("\n") == 1
+    assert "not found" in err
