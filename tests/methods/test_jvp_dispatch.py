@@ -72,3 +72,25 @@ def test_fallback_runs_through_sdpa_attention():
     ones = torch.ones_like(t)
     _, dout = jvp(net, z, t, t - r, None, v, ones, ones)
     torch.testing.assert_close(dout, _central_fd(net, z, t, r, v), rtol=1e-7, atol=1e-8)
+
+
+def test_wrapper_fallback_keeps_dropout_masks():
+    """Wrapped, no tangent mode: primal and tangent are two calls; they must see the same masks."""
+    inner = TinyNet(shape=(3,), hidden=32, depth=3, dropout=0.5).double().train()
+    z, t, r, v = _inputs()
+    ones = torch.ones_like(t)
+    torch.manual_seed(5)
+    out, dout = jvp(Wrapper(inner), z, t, t - r, None, v, ones, ones)
+    after = torch.rand(1)
+
+    def u(e):
+        torch.manual_seed(5)
+        return inner(z + e * v, t + e, t + e - r)
+
+    with torch.no_grad():
+        fd = (u(1e-5) - u(-1e-5)) / 2e-5
+        torch.testing.assert_close(out, u(0.0))
+    torch.testing.assert_close(dout, fd, rtol=1e-7, atol=1e-8)
+    torch.manual_seed(5)
+    inner(z, t, t - r)
+    assert torch.equal(torch.rand(1), after)  # the RNG advanced as after one forward

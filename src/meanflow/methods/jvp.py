@@ -14,9 +14,16 @@ Routes:
    without an autograd graph, at about the cost of one extra forward.
 2. **Fallback**: ``torch.func.jvp`` over ``net`` with the math SDPA backend, because the fused
    attention kernels have no forward-mode derivative.
+3. **Fallback for a wrapper** (an object with ``.module``, e.g. DDP): ``torch.func.jvp`` cannot
+   run through DDP more than once (measured, torch 2.13 CPU/gloo: the second iteration's
+   ``reducer._rebuild_buckets()`` fails on the functorch-wrapped tensors: "Cannot access data
+   pointer of Tensor that doesn't have storage"). So the primal is an ordinary call of the wrapper
+   (graph, DDP hooks) and the tangent is ``torch.func.jvp`` over ``.module`` under ``no_grad``
+   (no gradient, so no all-reduce is needed), replaying the RNG state so dropout masks match.
 
-Both routes call the object they are given (the DDP wrapper, not ``.module``): calling the inner
-module would skip DDP's gradient all-reduce hooks and let replicas drift silently.
+All routes take the trained output from a call of the object they are given (the DDP wrapper, not
+``.module``): calling only the inner module would skip DDP's gradient all-reduce hooks and let
+replicas drift silently.
 """
 
 from __future__ import annotations
@@ -69,6 +76,21 @@ def jvp(
     if use_tangents:
         out, dout = net(z, t, h, y, tangents=(dz, dt, dh))
         return out, dout.detach()
+
+    inner = getattr(net, "module", None)
+    if isinstance(inner, nn.Module):
+        cuda = z.device.type == "cuda"
+        cpu_state = torch.get_rng_state()
+        cuda_state = torch.cuda.get_rng_state(z.device) if cuda else None
+        out = net(z, t, h, y)
+        # Replay the same random draws (dropout masks) for the tangent; afterwards the RNG has
+        # advanced exactly as after one forward.
+        torch.set_rng_state(cpu_state)
+        if cuda:
+            torch.cuda.set_rng_state(cuda_state, z.device)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            _, dout = torch.func.jvp(lambda *a: inner(*a, y), (z, t, h), (dz, dt, dh))
+        return out, dout
 
     def f(z_: Tensor, t_: Tensor, h_: Tensor) -> Tensor:
         return net(z_, t_, h_, y)
