@@ -34,9 +34,9 @@ from meanflow.training.rundir import next_run_dir
 from meanflow.training.schedule import lr_at, step_seed
 
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
-RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every", "training.keep_last",
-                     "training.device", "training.num_threads", "training.replica_check_every", "logging", "data.data_dir",
-                     "preset")
+RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
+                     "training.keep_last", "training.device", "training.num_threads",
+                     "training.replica_check_every", "logging", "data.data_dir", "preset")
 
 
 @dataclass
