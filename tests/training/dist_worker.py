@@ -74,7 +74,8 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
     run = train(cfg, echo=lambda s: None)
     (out / f"run{rank}.txt").write_text(str(run))
     try:
-        train(resolve_config("toy-2d", overrides=[f"logging.out_dir={out / 'bad'}", "training.batch_size=15"]))
+        odd = resolve_config("toy-2d", overrides=[f"logging.out_dir={out / 'bad'}", "training.batch_size=15"])
+        train(odd)
         (out / f"odd{rank}.txt").write_text("no error")
     except UserError as e:
         (out / f"odd{rank}.txt").write_text(str(e))
