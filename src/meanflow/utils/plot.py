@@ -21,29 +21,33 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def plot_loss(log_path: str | Path, out_path: str | Path, key: str = "loss") -> Path | None:
-    """Plot `key` against `step` from a JSONL log into a PNG (log-scale y when all values are > 0).
+def plot_loss(log_path: str | Path, out_path: str | Path,
+              keys: tuple[str, ...] = ("loss", "mse")) -> Path | None:
+    """Plot each scalar of `keys` present in the log against `step`, one panel each, into a PNG.
 
-    Returns the path written, or None when the log holds no such scalar.
+    'loss' is what is optimised (for MeanFlow the adaptively weighted loss, close to 1 by design);
+    'mse' is the unweighted squared error, the more readable curve. Log-scale y when the values span more than a decade.
+    Returns the path written, or None when the log holds none of the keys.
     """
-    rows = [r for r in read_jsonl(log_path) if key in r and "step" in r]
-    if not rows:
+    records = read_jsonl(log_path)
+    series = {k: [(r["step"], r[k]) for r in records if k in r and "step" in r] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    vals = [r[key] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(steps, vals, lw=1.2)
-    if all(v > 0 for v in vals):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(f"training {key}")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.6), dpi=100, squeeze=False)
+    for ax, (key, pts) in zip(axes[0], series.items()):
+        steps, vals = zip(*pts)
+        ax.plot(steps, vals, lw=1.2)
+        if min(vals) > 0 and max(vals) > 10 * min(vals):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")

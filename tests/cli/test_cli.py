@@ -1,0 +1,125 @@
+"""The `meanflow` command line: presets, dry runs, a tiny train + sample, one-line errors (exit 2)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from meanflow.cli import main
+from meanflow.training.presets import PRESETS
+
+TINY = ["--set", "network={name: mlp, kwargs: {hidden: 16, depth: 1}}", "--steps", "3", "--batch-size", "16",
+        "--set", "logging.progress=false", "--set", "logging.tensorboard=false",
+        "--set", "logging.sample_count=16", "--set", "training.num_threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _one_line_error(capsys, code):
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meanflow: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert main(["presets", "imagenet-xl2"]) == 0
+    out = capsys.readouterr().out
+    assert "name: dit-xl/2" in out and "kappa: 0.92" in out
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys):
+    code = main(["train", "--dry-run", "--out-dir", str(tmp_path / "runs"), "--set", "training.lr=1e-4",
+                 "--set", "method.ratio=0.5", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "lr: 0.0001" in out and "ratio: 0.5" in out and "seed: 3" in out and "preset: digits" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_file_and_flags(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: toy-2d\ntraining: {lr: 0.02}\n")
+    assert main(["train", "--dry-run", "--config", str(f), "--lr", "0.03"]) == 0
+    out = capsys.readouterr().out
+    assert "preset: toy-2d" in out and "lr: 0.03" in out
+
+
+def test_train_then_sample(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["train", "--out-dir", str(runs), *TINY]) == 0
+    (run,) = runs.iterdir()
+    assert run.name == "00000-digits-meanflow"
+    for name in ("config.yaml", "samples.png", "loss.png", "log.jsonl", "checkpoints/ckpt-0000003.safetensors"):
+        assert (run / name).exists(), name
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "12", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "s")]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        images = z["images"]
+    assert images.dtype == np.uint8 and images.shape == (12, 8, 8, 1)
+    assert (tmp_path / "s.png").is_file()
+    # seeded: same command, same images; default output goes into the run folder
+    assert main(["sample", str(run), "-n", "12", "--steps", "2", "--seed", "1", "--ema", "raw"]) == 0
+    with np.load(run / "samples" / "sample-n12-steps2-seed1-emaraw.npz") as z:
+        assert z["images"].shape == images.shape
+    # resume: continue the finished run for 2 more steps
+    assert main(["train", "--resume", str(run), "--steps", "5"]) == 0
+    assert (run / "checkpoints" / "ckpt-0000005.safetensors").is_file()
+    # errors against this run
+    _one_line_error(capsys, main(["sample", str(run), "--class", "3"]))
+    _one_line_error(capsys, main(["sample", str(run), "--ema", "0.5"]))
+    line = _one_line_error(capsys, main(["train", "--resume", str(run), *TINY, "--lr", "0.5"]))
+    assert "another config" in line
+    assert sorted(p.name for p in runs.iterdir()) == [run.name]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--bogus-flag"], "unrecognized arguments"),
+    (["train", "--set", "method.norm_p=-0.5"], "norm_p must be >= 0"),
+    (["train", "--set", "method.ratio=1.2"], "ratio must be in [0, 1]"),
+    (["train", "--preset", "imagenet-b2", "--set", "method.t_start=0.8", "--set", "method.t_end=0.2"],
+     "t_start"),
+    (["train", "--preset", "mnist", "--set", "network={name: dit-s/8, kwargs: {}}"], "not divisible"),
+    (["train", "--set", "training.lr"], "KEY=VALUE"),
+    (["train", "--steps", "many"], "invalid int value"),
+    (["train", "--preset", "mnist", "--data-dir", "/nonexistent/mnist"], ""),
+    (["train", "--resume", "/nonexistent/run"], "not found"),
+    (["sample", "/nonexistent/run"], "not found"),
+    (["nonsense"], "invalid choice"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    runs = tmp_path / "runs"
+    code = main([*argv, "--out-dir", str(runs)] if argv[0] == "train" and "--bogus-flag" not in argv else argv)
+    line = _one_line_error(capsys, code)
+    assert message in line
+    assert not runs.exists()
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "ckpt-0000001.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    _one_line_error(capsys, main(["sample", str(bad)]))
+
+
+def test_console_entry_point_exit_code(tmp_path):
+    """The real process: exit status 2, one line on stderr, no traceback, no run folder."""
+    proc = subprocess.run([sys.executable, "-m", "meanflow.cli", "train", "--preset", "nope", "--out-dir",
+                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("meanflow: error: unknown preset 'nope'") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
