@@ -63,16 +63,18 @@ def test_train_then_sample(tmp_path, capsys):
     assert main(["train", "--out-dir", str(runs), *TINY]) == 0
     (run,) = runs.iterdir()
     assert run.name == "00000-digits-meanflow"
-    for name in ("config.yaml", "samples.png", "loss.png", "log.jsonl", "checkpoints/ckpt-0000003.safetensors"):
+    files = ("config.yaml", "samples.png", "loss.png", "log.jsonl", "checkpoints/ckpt-0000003.safetensors")
+    for name in files:
         assert (run / name).exists(), name
     capsys.readouterr()
-    assert main(["sample", str(run), "-n", "12", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "s")]) == 0
+    argv = ["sample", str(run), "-n", "12", "--steps", "2", "--seed", "1"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s.npz") as z:
         images = z["images"]
     assert images.dtype == np.uint8 and images.shape == (12, 8, 8, 1)
     assert (tmp_path / "s.png").is_file()
     # seeded: same command, same images; default output goes into the run folder
-    assert main(["sample", str(run), "-n", "12", "--steps", "2", "--seed", "1", "--ema", "raw"]) == 0
+    assert main([*argv, "--ema", "raw"]) == 0
     with np.load(run / "samples" / "sample-n12-steps2-seed1-emaraw.npz") as z:
         assert z["images"].shape == images.shape
     # resume: continue the finished run for 2 more steps
@@ -117,8 +119,9 @@ def test_corrupt_checkpoint(tmp_path, capsys):
 
 def test_console_entry_point_exit_code(tmp_path):
     """The real process: exit status 2, one line on stderr, no traceback, no run folder."""
-    proc = subprocess.run([sys.executable, "-m", "meanflow.cli", "train", "--preset", "nope", "--out-dir",
-                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    argv = ["train", "--preset", "nope", "--out-dir", str(tmp_path / "runs")]
+    proc = subprocess.run([sys.executable, "-m", "meanflow.cli", *argv], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("meanflow: error: unknown preset 'nope'") and "Traceback" not in proc.stderr

@@ -26,7 +26,8 @@ def plot_loss(log_path: str | Path, out_path: str | Path,
     """Plot each scalar of `keys` present in the log against `step`, one panel each, into a PNG.
 
     'loss' is what is optimised (for MeanFlow the adaptively weighted loss, close to 1 by design);
-    'mse' is the unweighted squared error, the more readable curve. Log-scale y when the values span more than a decade.
+    'mse' is the unweighted squared error, the more readable curve. Log-scale y when the values span
+    more than a decade.
     Returns the path written, or None when the log holds none of the keys.
     """
     records = read_jsonl(log_path)
