@@ -105,7 +105,9 @@ def test_train_then_sample(tmp_path, capsys):
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
     runs = tmp_path / "runs"
-    code = main([*argv, "--out-dir", str(runs)] if argv[0] == "train" and "--bogus-flag" not in argv else argv)
+    if argv[0] == "train" and "--bogus-flag" not in argv:
+        argv = [*argv, "--out-dir", str(runs)]
+    code = main(argv)
     line = _one_line_error(capsys, code)
     assert message in line
     assert not runs.exists()

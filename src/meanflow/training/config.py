@@ -74,17 +74,9 @@ class DataConfig:
 
 @dataclass
 class NetworkConfig:
-    name: str = "unet"
+    name: str = "mlp"
     """Registry name passed to `meanflow.networks.build_network` ('unet', 'dit-b/2', 'mlp', ...)."""
-    kwargs: dict[str, Any] = field(
-        default_factory=lambda: {
-            "model_channels": 32,
-            "channel_mult": [1, 2],
-            "num_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
-        }
-    )
+    kwargs: dict[str, Any] = field(default_factory=lambda: {"hidden": 512, "depth": 4})
     """Keyword arguments of the factory. Input size, channels and class count are filled in from the
     dataset when not given. A preset, YAML file or `--set network.kwargs=...` replaces it whole."""
 
@@ -188,7 +180,7 @@ class TrainingConfig:
     """Training length in passes over the dataset (converted to steps at run time)."""
     optimizer: str = "adam"
     """'adam' or 'adamw'."""
-    lr: float = 2e-3
+    lr: float = 1e-3
     """Peak learning rate (constant after warmup)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
@@ -211,8 +203,9 @@ class TrainingConfig:
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     precision: str = "auto"
     """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'. The method keeps JVP/loss fp32."""
-    num_threads: int = 0
-    """CPU threads of torch (0: torch's default). On a shared machine 1 avoids oversubscription."""
+    num_threads: int = 1
+    """CPU threads of torch (0: torch's default). The small CPU jobs use 1: on a shared machine more
+    threads than free cores slow a step down several times; the GPU presets use 0."""
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_last: int = 2

@@ -44,7 +44,7 @@ _CIFAR10 = {
     "training": {"batch_size": 1024, "grad_accum": 1, "steps": None, "epochs": 16000, "optimizer": "adam",
                  "lr": 6e-4, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0,
                  "warmup_epochs": 200, "grad_clip": None, "ema_decays": [0.9999, 0.99995, 0.9996],
-                 "ema_warmup": False,
+                 "ema_warmup": False, "num_threads": 0,
                  "checkpoint_every": 10000, "keep_last": 3},
     "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
 }
@@ -65,14 +65,16 @@ def _imagenet(net: str, omega: float, kappa: float, t_start: float, t_end: float
                      "optimizer": "adamw", "lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.0,
                      "warmup_steps": 0,
                      "warmup_epochs": None, "grad_clip": None, "ema_decays": [0.9999],
-                     "ema_warmup": False,
+                     "ema_warmup": False, "num_threads": 0,
                      "checkpoint_every": 10000, "keep_last": 3},
         "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
     }
 
 
 # ---- CPU jobs --------------------------------------------------------------------------------------
-# digits: the dataclass defaults (a ~1.5M-parameter... see Config); kept explicit here for the table.
+# digits: the dataclass defaults. The network was chosen by measurement on 2 shared cores (1 thread,
+# batch 128): MLP 512x4 (3.8M params) 0.1 s/step, recognisable 1-step digits from ~1000 steps;
+# a 2-level U-Net (32 ch, 0.7M) 0.25 s/step; a 4-block DiT (patch 2, width 128) 0.6 s/step.
 _DIGITS: dict[str, Any] = {}
 
 _MNIST = {
@@ -98,7 +100,7 @@ _TOY = {
 }
 
 PRESETS: dict[str, Preset] = {
-    "digits": Preset("default CPU job: 1-step MeanFlow on sklearn 8x8 digits, small U-Net, ~5 min on 2 cores",
+    "digits": Preset("default CPU job: 1-step MeanFlow on sklearn 8x8 digits (1,797), MLP, ~5 min on 2 cores",
                      _DIGITS),
     "mnist": Preset("CPU: class-conditional 1-step MeanFlow on MNIST 28x28, small U-Net, ~1 h on 2 cores",
                     _MNIST),
