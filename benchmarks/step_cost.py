@@ -8,10 +8,11 @@ For a small DiT on 32x32x4 latents and a small U-Net on 32x32x3 images, at a fix
   *interleaved in one process* (FM, MF, MF-naive, FM, ...) so that load from other processes on
   a shared machine hits them alike;
 * memory, each case in a *fresh subprocess*:
-  - ``peak RSS``: peak resident memory during the timed steps minus the resident memory after
-    setup (network, data, gradients and Adam state already allocated), with
-    ``MALLOC_MMAP_THRESHOLD_`` set so that freed tensors go back to the OS and RSS tracks live
-    memory (CUDA: ``torch.cuda.max_memory_allocated`` above the same baseline);
+  - ``peak``: peak resident memory (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``)
+    during the measured steps minus the resident memory after setup and one warm-up step
+    (network, data, gradients and Adam state allocated), with ``MALLOC_MMAP_THRESHOLD_`` set so
+    that freed tensors go back to the OS and RSS tracks live memory (CUDA:
+    ``torch.cuda.max_memory_allocated`` above the same baseline);
   - ``saved``: bytes of the tensors autograd saves for backward during one loss evaluation
     (``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded): the
     activation memory the method adds, independent of the allocator;
@@ -33,11 +34,9 @@ import copy
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import torch
@@ -110,11 +109,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def saved_tensor_bytes(method, target, net, x) -> int:
     """Bytes of unique non-parameter storages saved for backward by one loss evaluation."""
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
@@ -140,15 +134,19 @@ def saved_tensor_bytes(method, target, net, x) -> int:
     return sum(seen.values())
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith(field + ":")).split()[1])
+
+
 def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) -> dict:
     """Runs in a fresh process: memory of ``iters`` steps of one mode above the post-setup baseline."""
     net = build(net_key, device)
     x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
     step, method, target = make_step(mode, net, x)
-    saved = saved_tensor_bytes(method, target, net, x)
+    step()  # warm-up: lazy initialisations (DDP-free here, but kernels, caches) happen before the baseline
     gc.collect()
     sync(device)
-    peak = 0
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -157,24 +155,15 @@ def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) 
         sync(device)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _rss_bytes()
-        stop = threading.Event()
-        samples = [base]
-
-        def poll():  # torch kernels release the GIL, so this samples during the step
-            while not stop.is_set():
-                samples.append(_rss_bytes())
-                time.sleep(0.0005)
-
-        th = threading.Thread(target=poll, daemon=True)
-        th.start()
+        # Reset the kernel's high-water mark (VmHWM) to the current RSS, then read it back after
+        # the steps (Linux >= 4.0). Freed tensors go back to the OS thanks to MALLOC_MMAP_THRESHOLD_.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kib("VmRSS")
         for _ in range(iters):
             step()
-        stop.set()
-        th.join()
-        # ru_maxrss is the process high-water mark (setup stays below the baseline).
-        hw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak = max(max(samples), hw) - base
+        peak = (_status_kib("VmHWM") - base) * 1024
+    saved = saved_tensor_bytes(method, target, net, x)
     return {"peak_bytes": peak, "saved_bytes": saved}
 
 
@@ -268,8 +257,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}, batch {args.batch}, threads {args.threads}, "
           f"{args.iters} timed steps per mode (median), memory over {args.mem_iters} steps per fresh process")
     print("time: FM, MF, MF-naive steps interleaved in one process; ratios are to FM on the same net")
-    print("peak: peak RSS (CPU) / max allocated (CUDA) during steps minus post-setup baseline "
-          "(params, grads, Adam state); saved: tensors saved for backward by one loss (no params)\n")
+    print("peak: peak RSS (CPU, VmHWM) / max allocated (CUDA) during steps minus post-setup baseline "
+          "(params, grads, Adam state); saved: tensors saved for backward by one loss (no params;\n"
+          "for MF-naive approximate: forward-AD wrappers have no storage, counted per tensor)\n")
     hdr = (f"{'net':5s} {'params':>7s} {'mode':9s} {'step ms':>8s} {'x FM':>5s} {'peak MiB':>9s} "
            f"{'x FM':>5s} {'saved MiB':>9s} {'x FM':>5s}")
     print(hdr)
