@@ -20,6 +20,11 @@ def build_data(cfg: Config):
     from meanflow.data import build_dataset
 
     d = cfg.data
+    if d.augment_p > 0:
+        # The paper's CIFAR-10 run uses EDM augmentation with the augmentation labels as extra network
+        # conditioning; neither exists here yet. Refuse rather than silently train another recipe.
+        raise UserError(f"data.augment_p={d.augment_p}: EDM augmentation is not implemented yet; "
+                        "train without it with --set data.augment_p=0")
     opts = dict(d.options)
     if d.is_toy:
         opts.setdefault("n", d.num_points)
