@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from meanflow.errors import UserError
 
@@ -118,18 +118,26 @@ class Checkpoint:
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
+                self._keys = list(f.keys())
             if meta.get("format") != FORMAT:
                 raise UserError(f"{self.path} is not a meanflow checkpoint")
             self.config: dict = json.loads(meta["config"])
             self.state: dict = json.loads(meta["state"])
-            self._tensors = load_file(str(self.path))
         except (SafetensorError, OSError, KeyError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot read checkpoint {self.path}: {msg}") from None
 
+    def _group_raw(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors whose name starts with `prefix`, read lazily (sampling never loads the optimizer)."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in self._keys if k.startswith(prefix)}
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read checkpoint {self.path}: {e}") from None
+
     def _group(self, prefix: str) -> dict[str, torch.Tensor]:
         n = len(prefix)
-        return {k[n:]: v for k, v in self._tensors.items() if k.startswith(prefix)}
+        return {k[n:]: v for k, v in self._group_raw(prefix).items()}
 
     @property
     def step(self) -> int:
@@ -153,6 +161,3 @@ class Checkpoint:
         if "optimizer" not in self.state:
             return None
         return _optim_from_flat(self._group_raw("optim/"), self.state["optimizer"])
-
-    def _group_raw(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self._tensors.items() if k.startswith(prefix)}
