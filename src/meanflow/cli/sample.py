@@ -48,7 +48,10 @@ def run(args) -> int:
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                  class_label=args.class_label, device=args.device)
     if args.out is None:
-        run_dir = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent.parent
+        from meanflow.training.checkpoint import run_dir_of
+
+        p = Path(args.path)
+        run_dir = p if p.is_dir() else (run_dir_of(p) or p.parent)
         tag = f"sample-n{args.num}-steps{args.steps}-seed{args.seed}"
         if args.class_label is not None:
             tag += f"-class{args.class_label}"

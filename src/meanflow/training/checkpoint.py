@@ -105,6 +105,13 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
     return path
 
 
+def run_dir_of(ckpt_path: str | Path) -> Path | None:
+    """The run folder a checkpoint file belongs to (`<run>/checkpoints/ckpt-*.safetensors`), or None
+    for a checkpoint that was copied elsewhere."""
+    p = Path(ckpt_path)
+    return p.parent.parent if p.parent.name == "checkpoints" else None
+
+
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
     for p in list_checkpoints(run_dir)[:-keep_last]:
         p.unlink(missing_ok=True)

@@ -27,7 +27,13 @@ from torch import nn
 from meanflow.errors import UserError
 from meanflow.training import distributed
 from meanflow.training.build import build_data, build_method_from, build_net, data_shape, num_classes
-from meanflow.training.checkpoint import Checkpoint, checkpoint_path, prune_checkpoints, save_checkpoint
+from meanflow.training.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    prune_checkpoints,
+    run_dir_of,
+    save_checkpoint,
+)
 from meanflow.training.config import Config, config_diff, config_from_dict, config_to_dict, config_to_yaml
 from meanflow.training.ema import EMA
 from meanflow.training.rundir import next_run_dir
@@ -220,7 +226,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
     run_dir: Path | None = None
     if info.is_main:
-        run_dir = ckpt.path.parent.parent if ckpt is not None else next_run_dir(lc.out_dir, cfg.describe())
+        run_dir = run_dir_of(ckpt.path) if ckpt is not None else None
+        run_dir = run_dir or next_run_dir(lc.out_dir, cfg.describe())
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
         echo(f"run folder: {run_dir}")
