@@ -1,0 +1,636 @@
+"""Measured quality: MeanFlow against flow matching, same network, data and optimizer steps.
+
+Two parts, each trained from scratch and written into its own section of ``docs/results.md``
+(everything outside the section markers is left alone, so notes written by hand survive):
+
+* ``toy``: the 2-D checkerboard and 8 gaussians (preset ``toy-2d``: MLP 256x4, batch 512). Sliced
+  Wasserstein-2 and energy distance between generated samples and held-out points (the dataset's
+  ``test`` draw), for MeanFlow at 1 and 2 steps and flow matching at 1, 2, 10 and 100 Euler steps,
+  with a noise floor (a second fresh draw of data against the same held-out points).
+* ``mnist``: the ``mnist`` preset (class-conditional small U-Net, batch 64) trained on the 60,000
+  training images only, for a number of optimizer steps given by ``--steps`` or chosen from
+  ``--minutes`` of MeanFlow training (a short timing of MeanFlow steps; flow matching gets the same
+  number of steps). FID and KID of ``--num-samples`` generated images (uint8, FID Inception-v3 pool3)
+  against the statistics of the MNIST test set (computed once and cached), for MeanFlow at 1 and 2
+  steps and flow matching at 1, 2, 10 and 50 Euler steps, with a 100-image grid per row.
+
+Everything is cached under ``--out`` (default ``runs/quality``) and an interrupted invocation resumes:
+finished training runs are reused, unfinished ones continue from their last checkpoint, the
+reference features are written in chunks, and each evaluated row is stored as JSON.
+
+Usage::
+
+    python benchmarks/quality.py --part toy                    # 2-D table (~10 min on 2 cores)
+    python benchmarks/quality.py --part mnist --ref-only       # MNIST test-set statistics (~30 min)
+    python benchmarks/quality.py --part mnist --minutes 30     # train both, evaluate (~2 h on 2 cores)
+    python benchmarks/quality.py --part mnist --eval-only runs/quality/mnist/meanflow/00000-mnist-meanflow \\
+        runs/quality/mnist/flow_matching/00000-mnist-flow_matching
+    # tiny end-to-end check of the MNIST plumbing (a few minutes):
+    python benchmarks/quality.py --part mnist --steps 100 --num-samples 200 --ref-images 500 \\
+        --out /tmp/quality-tiny --results /tmp/quality-tiny/results.md --grid-dir /tmp/quality-tiny/grids
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("meanflow", "flow_matching")
+LABEL = {"meanflow": "MeanFlow", "flow_matching": "flow matching (Euler)"}
+SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_INCEPTION = Path("/work/shared/data/inception/pt_inception-2015-12-05-pool3only-fcNaN.pth")
+REF_CHUNK = 500  # reference images per cached feature chunk
+
+
+# ---------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def int_list(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" (src/ modified)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores visible{gpu}; torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def fmt_s(sec: float | None) -> str:
+    if sec is None:
+        return "-"
+    return f"{sec:.0f} s" if sec < 120 else f"{sec / 60:.1f} min"
+
+
+def command_line() -> str:
+    return "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def update_section(results: Path, part: str, body: str) -> None:
+    """Replace the text between the markers of `part` in `results` (appended when missing)."""
+    begin, end = f"<!-- quality:{part}:begin -->", f"<!-- quality:{part}:end -->"
+    text = results.read_text() if results.is_file() else (
+        "# Measured quality\n\nWritten by `benchmarks/quality.py`; text between the `quality:*` "
+        "markers is regenerated, everything else is kept.\n\n")
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_name(f".{results.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, results)
+
+
+# ---------------------------------------------------------------------------------------------------
+# training (one run per method; finished runs are reused, unfinished ones resumed)
+
+
+def latest_run(parent: Path) -> Path | None:
+    """Newest numbered run folder under `parent` that has a checkpoint."""
+    from meanflow.training.checkpoint import list_checkpoints
+
+    if not parent.is_dir():
+        return None
+    runs = sorted(p for p in parent.iterdir() if p.is_dir() and re.match(r"^\d{5,}-", p.name))
+    runs = [p for p in runs if list_checkpoints(p)]
+    return runs[-1] if runs else None
+
+
+def train_one(preset: str, overrides: list[str], parent: str, threads: int, progress: bool) -> dict:
+    """Train (or resume, or reuse) one run; returns {run_dir, steps, train_wall_s, reused}.
+
+    Runs in a worker process when training in parallel, so it imports what it needs itself.
+    """
+    from meanflow.training.checkpoint import Checkpoint
+    from meanflow.training.loop import train
+    from meanflow.training.presets import resolve_config
+
+    torch.set_num_threads(threads)
+    parent_p = Path(parent)
+    cfg = resolve_config(preset, overrides=[*overrides, f"logging.out_dir={parent}",
+                                            f"logging.progress={'true' if progress else 'false'}",
+                                            f"training.num_threads={threads}", "logging.tensorboard=false"])
+    total = cfg.training.steps
+    run = latest_run(parent_p)
+    record_path = None if run is None else run / "quality_train.json"
+    record = (read_json(record_path) if record_path else None) or {"segments": []}
+    if run is not None and Checkpoint(run).step >= total:
+        log(f"reusing finished run {run}")
+        return {"run_dir": str(run), "steps": total, "train_wall_s": sum(record["segments"]), "reused": True}
+    if run is not None:
+        log(f"resuming {run} from step {Checkpoint(run).step}")
+    t0 = time.perf_counter()
+    run = train(cfg, resume=run, echo=log)
+    record["segments"].append(time.perf_counter() - t0)
+    if Checkpoint(run).step < total:
+        write_json(run / "quality_train.json", record)
+        raise SystemExit(f"training of {run} stopped early; run the same command again to resume")
+    record["steps"] = total
+    write_json(run / "quality_train.json", record)
+    return {"run_dir": str(run), "steps": total, "train_wall_s": sum(record["segments"]), "reused": False}
+
+
+def train_methods(preset: str, base: list[str], out: Path, jobs: int, threads: int) -> dict[str, dict]:
+    """Train MeanFlow and flow matching on the same config (`jobs` at a time)."""
+    specs = {m: (preset, [*base, f"method.name={m}"], str(out / m), threads, jobs == 1) for m in METHODS}
+    if jobs == 1:
+        return {m: train_one(*s) for m, s in specs.items()}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {m: pool.submit(train_one, *s) for m, s in specs.items()}
+        return {m: f.result() for m, f in futures.items()}
+
+
+def run_info(run_dir: Path) -> dict:
+    """Steps, training wall time and seconds per step (from the run's log) of a finished run."""
+    from meanflow.training.checkpoint import Checkpoint
+
+    rec = read_json(run_dir / "quality_train.json") or {}
+    per_step = []
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file():
+        for line in log_path.read_text().splitlines():
+            r = json.loads(line)
+            if "sec_per_step" in r:
+                per_step.append(r["sec_per_step"])
+    wall = sum(rec["segments"]) if rec.get("segments") else None
+    return {"steps": Checkpoint(run_dir).step, "train_wall_s": wall,
+            "sec_per_step": float(np.median(per_step)) if per_step else None}
+
+
+# ---------------------------------------------------------------------------------------------------
+# part 1: 2-D toys
+
+
+def toy_part(args) -> None:
+    from meanflow.data import build_dataset
+    from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
+    from meanflow.sampling import generate, load_generator
+    from meanflow.training.presets import resolve_config
+    from meanflow.utils.images import save_points
+
+    out = Path(args.out) / "toy"
+    t_start = time.perf_counter()
+    load0 = load_average()
+    n = args.toy_samples
+    datasets = [s.strip() for s in args.toy_datasets.split(",") if s.strip()]
+    rows, trainings = [], []
+    for name in datasets:
+        base = [f"data.name={name}", f"training.seed={args.seed}"]
+        if args.toy_steps:
+            base.append(f"training.steps={args.toy_steps}")
+        if args.toy_points:
+            base.append(f"data.num_points={args.toy_points}")
+        runs = train_methods("toy-2d", base, out / name, args.jobs, args.train_threads)
+        torch.set_num_threads(args.eval_threads)
+        held = build_dataset(name, split="test", n=n, seed=args.seed).x
+        floor = build_dataset(name, split="test", n=n, seed=args.seed + 1).x
+        rows.append({"dataset": name, "method": "data", "steps": None,
+                     "sw": sliced_wasserstein(floor, held), "energy": energy_distance(floor, held)})
+        for m in METHODS:
+            run = Path(runs[m]["run_dir"])
+            trainings.append({"dataset": name, "method": m, "run_dir": str(run), **run_info(run)})
+            method, net, cfg = load_generator(run)
+            for k in (args.mf_steps if m == "meanflow" else args.toy_fm_steps):
+                t0 = time.perf_counter()
+                x = generate(method, net, 0, n, steps=k, seed=args.seed + 2, batch_size=n, shape=(2,),
+                             num_classes=0)
+                gen_s = time.perf_counter() - t0
+                rows.append({"dataset": name, "method": m, "steps": k, "sw": sliced_wasserstein(x, held),
+                             "energy": energy_distance(x, held), "sample_s": gen_s})
+                save_points(x, run / "quality" / f"samples-{k}step.png", reference=held)
+                log(f"{name} {m} {k} step(s): SW {rows[-1]['sw']:.4f}, energy {rows[-1]['energy']:.4f}")
+    cfg = resolve_config("toy-2d")
+    result = {"rows": rows, "trainings": trainings, "n": n, "seed": args.seed, "command": command_line(),
+              "commit": git_commit(), "hardware": hardware(), "load_start": load0, "load_end": load_average(),
+              "wall_s": time.perf_counter() - t_start, "jobs": args.jobs, "train_threads": args.train_threads,
+              "date": datetime.date.today().isoformat(),
+              "preset": {"network": f"{cfg.network.name} {cfg.network.kwargs}",
+                         "batch": cfg.training.batch_size, "lr": cfg.training.lr,
+                         "steps": args.toy_steps or cfg.training.steps, "ema": cfg.training.ema_decays[0],
+                         "num_points": args.toy_points or cfg.data.num_points, "method": cfg.method}}
+    result["preset"]["method"] = {k: getattr(cfg.method, k) for k in ("ratio", "t_mean", "t_std", "norm_p")}
+    write_json(out / "results.json", result)
+    update_section(Path(args.results), "toy", toy_markdown(result))
+    log(f"toy table written to {args.results}")
+
+
+def toy_markdown(res: dict) -> str:
+    p = res["preset"]
+    lines = [
+        "## 2-D toy distributions: distance to held-out data",
+        "",
+        f"Command: `{res['command']}` (git {res['commit']}, {res['date']}).  ",
+        f"Hardware: {res['hardware']}; training {res['jobs']} run(s) at a time, "
+        f"{res['train_threads']} thread(s) each; load average at start {res['load_start']} "
+        f"(1/5/15 min; the machine was shared). Total wall time {fmt_s(res['wall_s'])}.",
+        "",
+        f"Both methods: preset `toy-2d`, network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
+        f"{p['steps']} optimizer steps on {p['num_points']:,} training points, seed {res['seed']}, samples "
+        f"from the EMA {p['ema']} weights. The time sampler is the preset's (logit-normal("
+        f"{p['method']['t_mean']}, {p['method']['t_std']})) for both; MeanFlow has "
+        f"{p['method']['ratio']:.0%} of pairs with r != t and adaptive weight p = {p['method']['norm_p']}; "
+        "flow matching samples with "
+        "Euler steps. Distances between "
+        f"{res['n']:,} samples and {res['n']:,} held-out points (the dataset's `test` draw): sliced "
+        "Wasserstein-2 (256 fixed directions) and energy distance. The `data` row is a second fresh draw "
+        "of the distribution against the same held-out points: the noise floor at this sample size.",
+        "",
+        "| dataset | sampler | steps (NFE) | sliced W2 | energy distance |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        name = "data (noise floor)" if r["method"] == "data" else LABEL[r["method"]]
+        steps = "-" if r["steps"] is None else str(r["steps"])
+        lines.append(f"| {r['dataset']} | {name} | {steps} | {r['sw']:.4f} | {r['energy']:.4f} |")
+    lines += ["", "Training (same steps for both methods):", "",
+              "| dataset | method | steps | wall time | s/step (median of logged intervals) |",
+              "|---|---|---:|---:|---:|"]
+    for t in res["trainings"]:
+        sps = "-" if t["sec_per_step"] is None else f"{t['sec_per_step'] * 1000:.1f} ms"
+        lines.append(f"| {t['dataset']} | {t['method']} | {t['steps']} | {fmt_s(t['train_wall_s'])} "
+                     f"| {sps} |")
+    lines += ["", comparison(res["rows"], "sw", "sliced W2")]
+    return "\n".join(lines) + "\n"
+
+
+def comparison(rows: list[dict], key: str, what: str) -> str:
+    """One sentence per dataset: MeanFlow 1 step against flow matching at 1 step and at its most steps."""
+    out = []
+    for ds in dict.fromkeys(r.get("dataset", "MNIST") for r in rows):
+        get = {(r["method"], r["steps"]): r[key] for r in rows
+               if r.get("dataset", "MNIST") == ds and r.get(key) is not None}
+        fm_most = max((s for m, s in get if m == "flow_matching"), default=None)
+        if ("meanflow", 1) not in get or ("flow_matching", 1) not in get:
+            continue
+        mf1, fm1 = get[("meanflow", 1)], get[("flow_matching", 1)]
+        txt = f"{ds}: {what} MeanFlow 1 step {mf1:.4g} vs flow matching 1 step {fm1:.4g} ({fm1 / mf1:.1f}x)"
+        if fm_most:
+            txt += f" and flow matching {fm_most} steps {get[('flow_matching', fm_most)]:.4g}"
+        out.append(txt + ".")
+    return "  \n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# part 2: MNIST FID
+
+
+def inception(args):
+    from meanflow.evaluation import load_inception
+
+    torch.set_num_threads(args.eval_threads)
+    weights = args.inception_weights
+    if weights is None and SHARED_INCEPTION.is_file() and not os.environ.get("MEANFLOW_INCEPTION_WEIGHTS"):
+        weights = str(SHARED_INCEPTION)
+    return load_inception(weights)
+
+
+def ref_path(args) -> Path:
+    if args.ref:
+        return Path(args.ref)
+    tag = "all" if args.ref_images is None else str(args.ref_images)
+    return Path(args.out) / "ref" / f"mnist-{args.ref_split}-{tag}.npz"
+
+
+def reference_stats(args, model=None):
+    """Inception statistics of the MNIST `--ref-split` set (first `--ref-images`), cached.
+
+    Features are computed in chunks of REF_CHUNK images saved as .npy files beside the cache, so an
+    interrupted computation resumes; the final .npz is written atomically.
+    """
+    from meanflow.evaluation import RefStats, dataset_images, extract_features, load_stats, save_stats
+    from meanflow.evaluation.fid import feature_statistics
+
+    path = ref_path(args)
+    if path.is_file():
+        log(f"reference statistics: {path} (cached)")
+        return load_stats(path)
+    images = dataset_images("mnist", split=args.ref_split, data_dir=args.mnist_dir)
+    if args.ref_images is not None:
+        images = images[: args.ref_images]
+    model = model or inception(args)
+    chunks = path.with_name(path.stem + ".chunks")
+    chunks.mkdir(parents=True, exist_ok=True)
+    feats, t0 = [], time.perf_counter()
+    n = len(images)
+    log(f"reference statistics of {n} MNIST {args.ref_split} images -> {path}")
+    for i in range(0, n, REF_CHUNK):
+        f = chunks / f"{i:06d}-{min(i + REF_CHUNK, n):06d}.npy"
+        if not f.is_file():
+            c0 = time.perf_counter()
+            arr = extract_features(images[i: i + REF_CHUNK], model, batch_size=50, progress=False)
+            tmp = f.with_name(f".{f.name}.tmp{os.getpid()}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, f)
+            dt = time.perf_counter() - c0
+            done = min(i + REF_CHUNK, n)
+            log(f"reference {done}/{n} images ({dt / len(arr):.3f} s/image, "
+                f"ETA {fmt_s(dt / len(arr) * (n - done))})")
+        feats.append(np.load(f))
+    feats = np.concatenate(feats)
+    mu, sigma = feature_statistics(feats)
+    stats = RefStats(mu, sigma, len(feats), feats.astype(np.float32), tuple(images.shape[1:]),
+                     f"mnist {args.ref_split} ({n} images)")
+    save_stats(path, stats)
+    write_json(path.with_suffix(".json"), {"n": n, "wall_s": time.perf_counter() - t0, "hardware": hardware(),
+                                           "load_end": load_average()})
+    for f in chunks.iterdir():
+        f.unlink()
+    chunks.rmdir()
+    log(f"reference statistics written: {path} ({fmt_s(time.perf_counter() - t0)})")
+    return load_stats(path)
+
+
+def mnist_steps(args, base: list[str], out: Path) -> int:
+    """Optimizer steps of both MNIST runs: --steps, or from --minutes of MeanFlow training (the plan
+    is saved so that a resumed invocation trains both methods to the same step)."""
+    plan_path = out / "plan.json"
+    plan = read_json(plan_path)
+    if plan is not None:
+        if args.steps is not None and args.steps != plan["steps"]:
+            raise SystemExit(f"{plan_path} fixes {plan['steps']} steps; use another --out for "
+                             f"--steps {args.steps}")
+        return int(plan["steps"])
+    if args.steps is not None:
+        write_json(plan_path, {"steps": args.steps, "how": "--steps"})
+        return args.steps
+    sec = time_meanflow_step(base, args.train_threads)
+    steps = max(50, int(args.minutes * 60 / sec) // 50 * 50)
+    write_json(plan_path, {"steps": steps, "how": f"--minutes {args.minutes}", "meanflow_sec_per_step": sec,
+                           "load": load_average()})
+    log(f"MeanFlow step {sec:.3f} s -> {steps} steps for {args.minutes} min")
+    return steps
+
+
+def time_meanflow_step(base: list[str], threads: int, n: int = 20) -> float:
+    """Median seconds of a MeanFlow training step (forward, JVP, backward, Adam) on the mnist preset."""
+    from meanflow.training.loop import build_parts
+    from meanflow.training.presets import resolve_config
+
+    torch.set_num_threads(threads)
+    cfg = resolve_config("mnist", overrides=base)
+    parts = build_parts(cfg)
+    opt = torch.optim.Adam(parts.net.parameters(), lr=cfg.training.lr)
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for i in range(n + 3):
+        idx = torch.randint(0, len(parts.data), (cfg.training.batch_size,), generator=g)
+        t0 = time.perf_counter()
+        out = parts.method.loss(parts.net, parts.data.x[idx], parts.data.y[idx])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dict:
+    """FID/KID of `--num-samples` images from `run` at `steps` steps (cached as JSON in the run)."""
+    from meanflow.evaluation import evaluate_images
+    from meanflow.sampling import generate_uint8, load_generator
+    from meanflow.utils.images import make_grid, save_png
+
+    n = args.num_samples
+    cache = run / "quality" / f"fid-{steps}step-n{n}-seed{args.seed}-{ref_path(args).stem}.json"
+    cached = read_json(cache)
+    method, net, cfg = load_generator(run)
+    name = cfg.method.name
+    grid = grid_dir / f"mnist-{name}-{steps}step.png"
+    if cached is not None and grid.is_file():
+        log(f"{run.name} {steps} step(s): FID {cached['fid']:.2f} (cached)")
+        return cached
+    torch.set_num_threads(args.eval_threads)
+    t0 = time.perf_counter()
+    images = generate_uint8(method, net, n, steps=steps, seed=args.seed, batch_size=250)
+    gen_s = time.perf_counter() - t0
+    # 10 x 10 grid: sample i has class i % 10, so each column is one digit class.
+    save_png(make_grid(images[:100], ncol=10), grid)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    res = evaluate_images(images, ref, model, batch_size=50, progress=False,
+                          kid_subset_size=min(1000, n), seed=args.seed, fid_method="eigh")
+    res.pop("_features")
+    row = {"method": name, "steps": steps, **res, "sample_s": gen_s, "inception_s": time.perf_counter() - t0,
+           "run_dir": str(run), "grid": str(grid),
+           "ema": cfg.training.ema_decays[0] if cfg.training.ema_decays else None}
+    write_json(cache, row)
+    log(f"{run.name} {steps} step(s): FID {row['fid']:.2f}, KID {row['kid']:.4f} "
+        f"(sampling {gen_s:.1f} s, Inception {row['inception_s']:.0f} s)")
+    return row
+
+
+def mnist_part(args) -> None:
+    out = Path(args.out) / "mnist"
+    t_start = time.perf_counter()
+    load0 = load_average()
+    if args.ref_only:
+        reference_stats(args)
+        return
+    base = ["data.split=train", f"training.seed={args.seed}"]
+    if args.mnist_dir:
+        base.append(f"data.data_dir={args.mnist_dir}")
+    plan = None
+    if args.eval_only:
+        runs = {}
+        for r in args.eval_only:
+            run = Path(r)
+            from meanflow.training.checkpoint import Checkpoint
+            from meanflow.training.config import config_from_dict
+
+            runs[config_from_dict(Checkpoint(run).config).method.name] = {"run_dir": str(run)}
+    else:
+        steps = mnist_steps(args, base, out)
+        plan = read_json(out / "plan.json")
+        base.append(f"training.steps={steps}")
+        log(f"training MeanFlow and flow matching for {steps} steps each")
+        runs = train_methods("mnist", base, out, args.jobs, args.train_threads)
+    model = inception(args)
+    ref = reference_stats(args, model)
+    grid_dir = Path(args.grid_dir)
+    rows, trainings = [], []
+    for m in METHODS:
+        if m not in runs:
+            continue
+        run = Path(runs[m]["run_dir"])
+        trainings.append({"method": m, "run_dir": str(run), **run_info(run)})
+        for k in (args.mf_steps if m == "meanflow" else args.mnist_fm_steps):
+            rows.append(evaluate_row(args, run, k, ref, model, grid_dir))
+    from meanflow.training.presets import resolve_config
+
+    cfg = resolve_config("mnist")
+    result = {"rows": rows, "trainings": trainings, "plan": plan, "n": args.num_samples,
+              "ref": {"path": str(ref_path(args)), "n": ref.n, "source": ref.source},
+              "command": command_line(), "commit": git_commit(), "hardware": hardware(), "load_start": load0,
+              "load_end": load_average(), "wall_s": time.perf_counter() - t_start, "jobs": args.jobs,
+              "train_threads": args.train_threads, "eval_threads": args.eval_threads,
+              "date": datetime.date.today().isoformat(), "grid_dir": str(grid_dir),
+              "preset": {"network": f"{cfg.network.name} {cfg.network.kwargs}",
+                         "batch": cfg.training.batch_size, "lr": cfg.training.lr,
+                         "ema": cfg.training.ema_decays[0]}}
+    write_json(out / "results.json", result)
+    update_section(Path(args.results), "mnist", mnist_markdown(result))
+    log(f"MNIST table written to {args.results}")
+
+
+def mnist_markdown(res: dict) -> str:
+    p, ref = res["preset"], res["ref"]
+    steps = {t["steps"] for t in res["trainings"]}
+    plan = res.get("plan") or {}
+    how = plan.get("how", "given run folders (--eval-only)")
+    if "meanflow_sec_per_step" in plan:
+        how += f" (MeanFlow timed at {plan['meanflow_sec_per_step']:.3f} s/step before training)"
+    lines = [
+        "## MNIST: FID of class-conditional generation",
+        "",
+        f"Command: `{res['command']}` (git {res['commit']}, {res['date']}).  ",
+        f"Hardware: {res['hardware']}; training {res['jobs']} run(s) at a time, {res['train_threads']} "
+        f"thread(s) each; Inception on {res['eval_threads']} thread(s); load average at start "
+        f"{res['load_start']}. Total wall time of this command {fmt_s(res['wall_s'])}.",
+        "",
+        f"Both methods: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
+        f"network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
+        f"{', '.join(str(s) for s in sorted(steps))} optimizer steps (chosen by {how}); samples from the EMA "
+        f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. MeanFlow keeps the "
+        "preset's method settings (25% r != t, logit-normal(-0.4, 1), p = 1, class dropout 0.1); flow "
+        "matching uses the same time sampler, no class dropout, and Euler steps.",
+        "",
+        f"FID and KID of {res['n']:,} generated images (uint8, FID Inception-v3 pool3, 28x28 resized to "
+        f"299) against {ref['source']} ({ref['n']:,} images, `{Path(ref['path']).name}`). "
+        f"**FID from {res['n']:,} samples is biased upward** (the bias falls roughly like 1/N; values at "
+        "50k samples are lower): compare rows with each other, not with published FIDs. KID is unbiased "
+        "in the number of samples.",
+        "",
+        "| method | steps (NFE) | FID | KID x 1000 | sampling time | grid |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    grid_dir = Path(res["grid_dir"])
+    for r in res["rows"]:
+        kid = "-" if r["kid"] is None else f"{r['kid'] * 1000:.2f} +- {r['kid_std'] * 1000:.2f}"
+        grid = Path(r["grid"])
+        try:
+            link = os.path.relpath(grid, REPO / "docs") if grid.resolve().is_relative_to(REPO) else str(grid)
+        except ValueError:
+            link = str(grid)
+        lines.append(f"| {LABEL[r['method']]} | {r['steps']} | {r['fid']:.2f} | {kid} | "
+                     f"{r['sample_s']:.1f} s | [{grid.name}]({link}) |")
+    lines += ["", "Training:", "", "| method | steps | wall time | s/step (median of logged intervals) |",
+              "|---|---:|---:|---:|"]
+    for t in res["trainings"]:
+        sps = "-" if t["sec_per_step"] is None else f"{t['sec_per_step']:.3f} s"
+        lines.append(f"| {t['method']} | {t['steps']} | {fmt_s(t['train_wall_s'])} | {sps} |")
+    lines += ["", comparison(res["rows"], "fid", "FID")]
+    del grid_dir
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("toy", "mnist", "all"), default="all")
+    p.add_argument("--out", default=str(REPO / "runs" / "quality"), help="cache of runs and statistics")
+    p.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="training runs at a time (separate processes; default: 2 on >= 2 cores)")
+    p.add_argument("--train-threads", type=int, default=1, help="torch threads per training run")
+    p.add_argument("--eval-threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads for sampling and Inception")
+    p.add_argument("--mf-steps", type=int_list, default=[1, 2], help="MeanFlow sampling steps")
+    g = p.add_argument_group("toy")
+    g.add_argument("--toy-datasets", default="checkerboard,8gaussians")
+    g.add_argument("--toy-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    g.add_argument("--toy-points", type=int, default=None, help="training points (default: the preset's)")
+    g.add_argument("--toy-samples", type=int, default=4096, help="samples and held-out points per row")
+    g.add_argument("--toy-fm-steps", type=int_list, default=[1, 2, 10, 100])
+    g = p.add_argument_group("mnist")
+    g.add_argument("--minutes", type=float, default=30.0,
+                   help="MeanFlow training budget; sets the steps of both methods (unless --steps)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps of both methods")
+    g.add_argument("--num-samples", type=int, default=2000, help="generated images per row")
+    g.add_argument("--mnist-fm-steps", type=int_list, default=[1, 2, 10, 50])
+    g.add_argument("--mnist-dir", default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None)
+    g.add_argument("--ref-split", default="test")
+    g.add_argument("--ref-images", type=int, default=None, help="first N reference images (default: all)")
+    g.add_argument("--ref", default=None, help="reference statistics .npz (default: cached under --out)")
+    g.add_argument("--ref-only", action="store_true", help="only compute the reference statistics")
+    g.add_argument("--eval-only", nargs="+", metavar="RUN_DIR", default=None,
+                   help="evaluate these finished runs instead of training")
+    g.add_argument("--inception-weights", default=None)
+    g.add_argument("--grid-dir", default=str(REPO / "docs" / "quality"), help="where the sample grids go")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.part in ("toy", "all") and not (args.ref_only or args.eval_only):
+        toy_part(args)
+    if args.part in ("mnist", "all"):
+        mnist_part(args)
+
+
+if __name__ == "__main__":
+    main()
