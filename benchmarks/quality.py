@@ -225,12 +225,11 @@ def toy_part(args) -> None:
     from meanflow.data import build_dataset
     from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
     from meanflow.sampling import generate, load_generator
-    from meanflow.training.presets import resolve_config
     from meanflow.utils.images import save_points
 
     out = Path(args.out) / "toy"
     t_start = time.perf_counter()
-    load0 = load_average()
+    load0, commit0 = load_average(), git_commit()
     n = args.toy_samples
     datasets = [s.strip() for s in args.toy_datasets.split(",") if s.strip()]
     rows, trainings = [], []
@@ -259,19 +258,31 @@ def toy_part(args) -> None:
                              "energy": energy_distance(x, held), "sample_s": gen_s})
                 save_points(x, run / "quality" / f"samples-{k}step.png", reference=held)
                 log(f"{name} {m} {k} step(s): SW {rows[-1]['sw']:.4f}, energy {rows[-1]['energy']:.4f}")
-    cfg = resolve_config("toy-2d")
     result = {"rows": rows, "trainings": trainings, "n": n, "seed": args.seed, "command": command_line(),
-              "commit": git_commit(), "hardware": hardware(), "load_start": load0, "load_end": load_average(),
-              "wall_s": time.perf_counter() - t_start, "jobs": args.jobs, "train_threads": args.train_threads,
-              "date": datetime.date.today().isoformat(),
-              "preset": {"network": f"{cfg.network.name} {cfg.network.kwargs}",
-                         "batch": cfg.training.batch_size, "lr": cfg.training.lr,
-                         "steps": args.toy_steps or cfg.training.steps, "ema": cfg.training.ema_decays[0],
-                         "num_points": args.toy_points or cfg.data.num_points, "method": cfg.method}}
-    result["preset"]["method"] = {k: getattr(cfg.method, k) for k in ("ratio", "t_mean", "t_std", "norm_p")}
+              "commit": commit0, "commit_end": git_commit(), "hardware": hardware(), "load_start": load0,
+              "load_end": load_average(), "wall_s": time.perf_counter() - t_start, "jobs": args.jobs,
+              "train_threads": args.train_threads, "date": datetime.date.today().isoformat(),
+              "preset": run_setup(trainings)}
     write_json(out / "results.json", result)
     update_section(Path(args.results), "toy", toy_markdown(result))
     log(f"toy table written to {args.results}")
+
+
+def run_setup(trainings: list[dict]) -> dict:
+    """Setup shared by the runs, read from the first run's saved config (not from today's preset)."""
+    cfg = json.loads((Path(trainings[0]["run_dir"]) / "config.json").read_text())
+    d, n, m, t = cfg["data"], cfg["network"], cfg["method"], cfg["training"]
+    return {"preset": cfg.get("preset"), "network": f"{n['name']} {n['kwargs']}", "batch": t["batch_size"],
+            "lr": t["lr"], "ema": t["ema_decays"][0] if t["ema_decays"] else None,
+            "num_points": d.get("num_points"), "split": d.get("split"),
+            "method": {k: m[k] for k in ("ratio", "t_mean", "t_std", "norm_p", "class_dropout")}}
+
+
+def commit_text(res: dict) -> str:
+    end = res.get("commit_end")
+    if end and end != res["commit"]:
+        return f"{res['commit']} at start, {end} at the end: other commits landed during the run"
+    return res["commit"]
 
 
 def toy_markdown(res: dict) -> str:
@@ -279,13 +290,14 @@ def toy_markdown(res: dict) -> str:
     lines = [
         "## 2-D toy distributions: distance to held-out data",
         "",
-        f"Command: `{res['command']}` (git {res['commit']}, {res['date']}).  ",
+        f"Command: `{res['command']}` (git {commit_text(res)}, {res['date']}).  ",
         f"Hardware: {res['hardware']}; training {res['jobs']} run(s) at a time, "
         f"{res['train_threads']} thread(s) each; load average at start {res['load_start']} "
         f"(1/5/15 min; the machine was shared). Total wall time {fmt_s(res['wall_s'])}.",
         "",
         f"Both methods: preset `toy-2d`, network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
-        f"{p['steps']} optimizer steps on {p['num_points']:,} training points, seed {res['seed']}, samples "
+        f"the optimizer steps of the training table (the same for both methods of a dataset) on "
+        f"{p['num_points']:,} training points, seed {res['seed']}, samples "
         f"from the EMA {p['ema']} weights. The time sampler is the preset's (logit-normal("
         f"{p['method']['t_mean']}, {p['method']['t_std']})) for both; MeanFlow has "
         f"{p['method']['ratio']:.0%} of pairs with r != t and adaptive weight p = {p['method']['norm_p']}; "
@@ -483,7 +495,7 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dic
 def mnist_part(args) -> None:
     out = Path(args.out) / "mnist"
     t_start = time.perf_counter()
-    load0 = load_average()
+    load0, commit0 = load_average(), git_commit()
     if args.ref_only:
         reference_stats(args)
         return
@@ -516,18 +528,14 @@ def mnist_part(args) -> None:
         trainings.append({"method": m, "run_dir": str(run), **run_info(run)})
         for k in (args.mf_steps if m == "meanflow" else args.mnist_fm_steps):
             rows.append(evaluate_row(args, run, k, ref, model, grid_dir))
-    from meanflow.training.presets import resolve_config
-
-    cfg = resolve_config("mnist")
     result = {"rows": rows, "trainings": trainings, "plan": plan, "n": args.num_samples,
               "ref": {"path": str(ref_path(args)), "n": ref.n, "source": ref.source},
-              "command": command_line(), "commit": git_commit(), "hardware": hardware(), "load_start": load0,
-              "load_end": load_average(), "wall_s": time.perf_counter() - t_start, "jobs": args.jobs,
-              "train_threads": args.train_threads, "eval_threads": args.eval_threads,
+              "command": command_line(), "commit": commit0, "commit_end": git_commit(),
+              "hardware": hardware(), "load_start": load0, "load_end": load_average(),
+              "wall_s": time.perf_counter() - t_start,
+              "jobs": args.jobs, "train_threads": args.train_threads, "eval_threads": args.eval_threads,
               "date": datetime.date.today().isoformat(), "grid_dir": str(grid_dir),
-              "preset": {"network": f"{cfg.network.name} {cfg.network.kwargs}",
-                         "batch": cfg.training.batch_size, "lr": cfg.training.lr,
-                         "ema": cfg.training.ema_decays[0]}}
+              "preset": run_setup(trainings)}
     write_json(out / "results.json", result)
     update_section(Path(args.results), "mnist", mnist_markdown(result))
     log(f"MNIST table written to {args.results}")
@@ -543,7 +551,7 @@ def mnist_markdown(res: dict) -> str:
     lines = [
         "## MNIST: FID of class-conditional generation",
         "",
-        f"Command: `{res['command']}` (git {res['commit']}, {res['date']}).  ",
+        f"Command: `{res['command']}` (git {commit_text(res)}, {res['date']}).  ",
         f"Hardware: {res['hardware']}; training {res['jobs']} run(s) at a time, {res['train_threads']} "
         f"thread(s) each; Inception on {res['eval_threads']} thread(s); load average at start "
         f"{res['load_start']}. Total wall time of this command {fmt_s(res['wall_s'])}.",
@@ -620,12 +628,26 @@ def parse_args(argv=None):
     g.add_argument("--eval-only", nargs="+", metavar="RUN_DIR", default=None,
                    help="evaluate these finished runs instead of training")
     g.add_argument("--inception-weights", default=None)
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the markdown section(s) of --part from the cached results.json")
     g.add_argument("--grid-dir", default=str(REPO / "docs" / "quality"), help="where the sample grids go")
     return p.parse_args(argv)
 
 
+def render(args) -> None:
+    for part, fn in (("toy", toy_markdown), ("mnist", mnist_markdown)):
+        res = read_json(Path(args.out) / part / "results.json")
+        if args.part in (part, "all") and res is not None:
+            res["preset"] = run_setup(res["trainings"])
+            update_section(Path(args.results), part, fn(res))
+            log(f"{part} section of {args.results} rewritten from the cached results")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.render:
+        render(args)
+        return
     if args.part in ("toy", "all") and not (args.ref_only or args.eval_only):
         toy_part(args)
     if args.part in ("mnist", "all"):
