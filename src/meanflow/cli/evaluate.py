@@ -79,6 +79,28 @@ def _check_common(args) -> None:
         raise UserError(f"--device {args.device}: CUDA is not available")
 
 
+def _join_ranks(args) -> bool:
+    """Join torchrun's process group, if launched by it, so that features and generated samples are
+    sharded across ranks (every rank ends with all rows, statistics are reduced in float64).
+
+    Returns whether this process is rank 0, the one that writes files and prints.
+    """
+    from meanflow.training import distributed
+
+    cuda = str(args.device).startswith("cuda")
+    info = distributed.init("cuda" if cuda else "cpu")
+    if info.enabled and cuda:
+        args.device = f"cuda:{info.local_rank}"
+    args.no_progress = args.no_progress or not info.is_main
+    return info.is_main
+
+
+def _leave_ranks() -> None:
+    from meanflow.training import distributed
+
+    distributed.shutdown()
+
+
 def load_feature_model(args):
     """The FID Inception-v3 for ``args`` (a module-level hook so tests can substitute a cheaper model)."""
     from meanflow.evaluation.inception import load_inception
@@ -87,9 +109,17 @@ def load_feature_model(args):
 
 
 def run_ref_stats(args) -> dict:
+    _check_common(args)
+    main = _join_ranks(args)
+    try:
+        return _ref_stats(args, main)
+    finally:
+        _leave_ranks()
+
+
+def _ref_stats(args, main: bool) -> dict:
     from meanflow.evaluation.ref_stats import compute_ref_stats, dataset_images, load_images, save_stats
 
-    _check_common(args)
     if args.max_images is not None and args.max_images < 2:
         raise UserError(f"--max-images must be at least 2, got {args.max_images}")
     if args.dataset:
@@ -106,8 +136,9 @@ def run_ref_stats(args) -> dict:
     model = load_feature_model(args)
     stats = compute_ref_stats(images, model, batch_size=args.batch_size, device=args.device,
                               kid_features=args.kid_features, progress=not args.no_progress, source=source)
-    save_stats(args.out, stats)
-    print(f"reference statistics of {stats.n} images ({source}) -> {args.out}")
+    if main:
+        save_stats(args.out, stats)
+        print(f"reference statistics of {stats.n} images ({source}) -> {args.out}")
     return {"n": stats.n, "out": str(args.out)}
 
 
@@ -125,21 +156,28 @@ class _Head:
         return self.source[slice(*index.indices(self.n))]
 
 
-def _generate(args) -> tuple[np.ndarray, Path]:
+def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if args.num_samples < 2:
         raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
-    from meanflow.sampling import generate_uint8, load_generator
+    from meanflow.evaluation.fid import gather_rows, rank_and_world, shard_range
+    from meanflow.sampling import generate, load_generator, to_uint8
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
     method, net, _ = load_generator(str(ckpt), ema=args.ema, device=args.device)
-    images = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
-                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device)
+    # Sample i depends only on (seed, i), so each rank draws its own slice and the gathered set equals
+    # a single process's; images are quantised exactly like `generate_uint8`.
+    start, stop = shard_range(args.num_samples, *rank_and_world())
+    local = generate(method, net, start, stop, steps=args.steps, seed=args.seed,
+                     batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device)
+    images = gather_rows(to_uint8(local))
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     path = out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
+    if not main:
+        return images, path
     np.savez(path, samples=images)
     print(f"generated {len(images)} samples ({args.steps} step(s)) -> {path}")
     return images, path
@@ -163,12 +201,20 @@ def _reference(args, model):
 
 
 def run_eval(args) -> dict:
-    from meanflow.evaluation.fid import inception_score
-    from meanflow.evaluation.ref_stats import check_compatible, evaluate_images, load_images
-
     _check_common(args)
     if args.kid_subsets < 1 or args.kid_subset_size < 2:
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
+    main = _join_ranks(args)
+    try:
+        return _eval(args, main)
+    finally:
+        _leave_ranks()
+
+
+def _eval(args, main: bool) -> dict:
+    from meanflow.evaluation.fid import inception_score
+    from meanflow.evaluation.ref_stats import check_compatible, evaluate_images, load_images
+
     if args.samples:
         images, samples_path = load_images(args.samples), Path(args.samples)
         default_out = samples_path.with_name(samples_path.stem + "_eval.json")
@@ -180,7 +226,7 @@ def run_eval(args) -> dict:
     else:
         model = load_feature_model(args)
         ref = _reference(args, model)
-        images, samples_path = _generate(args)
+        images, samples_path = _generate(args, main)
         default_out = samples_path.with_name(samples_path.stem + "_eval.json")
     if args.inception_score and not model.has_classifier:
         raise UserError("--inception-score: these Inception weights have no classifier (fc is NaN); "
@@ -198,6 +244,8 @@ def run_eval(args) -> dict:
     if args.checkpoint:
         result.update(checkpoint=str(args.checkpoint), steps=args.steps, seed=args.seed)
     out = Path(args.out) if args.out else default_out
+    if not main:
+        return result
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     line = f"FID {result['fid']:.4f}"
