@@ -564,7 +564,7 @@ def mnist_markdown(res: dict) -> str:
         "matching uses the same time sampler, no class dropout, and Euler steps.",
         "",
         f"FID and KID of {res['n']:,} generated images (uint8, FID Inception-v3 pool3, 28x28 resized to "
-        f"299) against {ref['source']} ({ref['n']:,} images, `{Path(ref['path']).name}`). "
+        f"299) against the statistics of {ref['source']} (`{Path(ref['path']).name}`). "
         f"**FID from {res['n']:,} samples is biased upward** (the bias falls roughly like 1/N; values at "
         "50k samples are lower): compare rows with each other, not with published FIDs. KID is unbiased "
         "in the number of samples.",
