@@ -35,7 +35,9 @@ class Preset:
 # warmup 200 epochs, dropout 0.2, EDM augmentation p = 0.12.
 _CIFAR10 = {
     "data": {"name": "cifar10", "use_labels": False, "augment_p": 0.12},
-    "network": {"name": "unet-ddpmpp", "kwargs": {
+    # "unet" with the DDPM++ sizes spelled out (what the factory "unet-ddpmpp" builds), so that
+    # `--set network.kwargs...` can change them; "unet-ddpmpp" takes no size arguments.
+    "network": {"name": "unet", "kwargs": {
         "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16],
         "dropout": 0.2}},
     "method": {"name": "meanflow", "ratio": 0.75, "time_dist": "logit_normal", "t_mean": -2.0, "t_std": 2.0,
@@ -80,7 +82,7 @@ _DIGITS: dict[str, Any] = {}
 _MNIST = {
     # Measured on 2 shared cores, 1 thread, batch 64: this U-Net 0.7 s/step; the 32-channel 3-level
     # one 2 s/step; an MLP 1024x4 0.14 s/step but still noisy, barely legible digits at 1,500 steps.
-    "data": {"name": "mnist", "use_labels": True},
+    "data": {"name": "mnist", "split": "train", "use_labels": True},
     "network": {"name": "unet", "kwargs": {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
                                            "attn_resolutions": [], "dropout": 0.0}},
     "method": {"name": "meanflow", "ratio": 0.25, "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
