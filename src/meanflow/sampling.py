@@ -60,13 +60,21 @@ def model_info(net: nn.Module) -> tuple[tuple[int, ...], int]:
     return tuple(shape), int(getattr(net, "meanflow_num_classes", 0))
 
 
+def generation_kwargs(net: nn.Module, n: int, device: str | torch.device = "cpu") -> dict | None:
+    """Extra network inputs for generating `n` samples: zero augmentation labels `[n, augment_dim]`
+    for a network conditioned on them, else None."""
+    dim = int(getattr(getattr(net, "module", net), "augment_dim", 0) or 0)
+    return {"augment_labels": torch.zeros(n, dim, device=device)} if dim > 0 else None
+
+
 @torch.no_grad()
 def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, seed: int = 0,
              batch_size: int = 256, class_label: int | None = None, device: str | torch.device = "cpu",
              shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> torch.Tensor:
     """Samples [start, stop) as float32 [stop - start, *shape] on the CPU (images in [-1, 1]).
 
-    Calls `method.sample(net, noise, y, steps=steps)` in batches of `batch_size`.
+    Calls `method.sample(net, noise, y, steps=steps)` in batches of `batch_size`. A network trained
+    with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation, as in EDM.
     """
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
@@ -82,7 +90,9 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
         e = noise_for(lo, hi, shape, seed).to(device)
         y = labels_for(lo, hi, num_classes, class_label)
         y = None if y is None else y.to(device)
-        outs.append(method.sample(net, e, y, steps=steps).float().cpu())
+        kw = generation_kwargs(net, hi - lo, device)
+        extra = {} if kw is None else {"net_kwargs": kw}
+        outs.append(method.sample(net, e, y, steps=steps, **extra).float().cpu())
     return torch.cat(outs) if outs else torch.empty((0, *shape))
 
 

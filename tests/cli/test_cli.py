@@ -100,7 +100,7 @@ def test_train_then_sample(tmp_path, capsys):
     (["train", "--steps", "many"], "invalid int value"),
     (["train", "--preset", "mnist", "--data-dir", "/nonexistent/mnist"], ""),
     (["train", "--resume", "/nonexistent/run"], "not found"),
-    (["train", "--preset", "cifar10"], "augment_p=0.12: EDM augmentation is not implemented"),
+    (["train", "--set", "data.augment_p=0.12"], "augmentation labels"),
     (["sample", "/nonexistent/run"], "not found"),
     (["nonsense"], "invalid choice"),
 ])

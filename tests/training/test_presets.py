@@ -38,7 +38,7 @@ def test_imagenet_presets(name):
 def test_cifar10_presets(name):
     c = resolve_config(name)
     assert c.data.name == "cifar10" and not c.data.use_labels and c.data.augment_p == 0.12
-    assert c.network.name == "unet-ddpmpp"
+    assert c.network.name == "unet"
     assert c.network.kwargs == {"model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
                                 "attn_resolutions": [16], "dropout": 0.2}
     t, m = c.training, c.method

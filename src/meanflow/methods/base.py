@@ -45,6 +45,7 @@ class Method(abc.ABC):
         noise: Tensor | None = None,
         t: Tensor | None = None,
         r: Tensor | None = None,
+        net_kwargs: dict | None = None,
     ) -> LossOutput:
         """Training loss on one batch.
 
@@ -55,6 +56,8 @@ class Method(abc.ABC):
             noise: Overrides the Gaussian draw ``e``, shape ``[B, *S]``.
             t: Overrides the time draw, shape ``[B]``.
             r: Overrides the second time draw (two-time methods only), shape ``[B]``.
+            net_kwargs: Extra keyword inputs passed unchanged to every network call (e.g.
+                ``{"augment_labels": [B, 9]}``); the method never interprets them.
 
         Returns:
             A :class:`LossOutput`.
@@ -68,8 +71,13 @@ class Method(abc.ABC):
         y: Tensor | None = None,
         steps: int = 1,
         schedule: Tensor | None = None,
+        *,
+        net_kwargs: dict | None = None,
     ) -> Tensor:
-        """Map noise ``[B, *S]`` at t = 1 to samples ``[B, *S]`` at t = 0."""
+        """Map noise ``[B, *S]`` at t = 1 to samples ``[B, *S]`` at t = 0.
+
+        ``net_kwargs`` are extra keyword inputs passed unchanged to every network call.
+        """
 
 
 def expand_like(a: Tensor, x: Tensor) -> Tensor:

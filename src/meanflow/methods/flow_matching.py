@@ -57,6 +57,7 @@ class FlowMatching(Method):
         noise: Tensor | None = None,
         t: Tensor | None = None,
         r: Tensor | None = None,
+        net_kwargs: dict | None = None,
     ) -> LossOutput:
         """``mean_i ||net(z_t, t, 0, y) - (e - x)||^2`` with ``z_t = (1 - t) x + t e``.
 
@@ -67,6 +68,7 @@ class FlowMatching(Method):
             noise: Optional fixed noise ``[B, *S]``.
             t: Optional fixed times ``[B]``.
             r: Ignored except for validation (must equal ``t`` if given): flow matching has one time.
+            net_kwargs: Extra keyword inputs passed unchanged to the network call.
 
         Returns:
             :class:`LossOutput` with metrics ``loss`` and ``mse`` (equal here).
@@ -84,16 +86,17 @@ class FlowMatching(Method):
         t = t.to(x.device, x.dtype)
         e = torch.randn_like(x) if noise is None else noise.to(x.device, x.dtype)
         z, v = interpolate(x, e, t)
-        pred = net(z, t, torch.zeros_like(t), y)
+        pred = net(z, t, torch.zeros_like(t), y, **(net_kwargs or {}))
         err = per_sample_sq(pred.float() - v.float())
         loss = err.mean()
         return LossOutput(loss=loss, metrics={"loss": loss.detach(), "mse": loss.detach()})
 
     @torch.no_grad()
-    def velocity(self, net: nn.Module, z: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def velocity(self, net: nn.Module, z: Tensor, t: Tensor, y: Tensor | None = None,
+                 net_kwargs: dict | None = None) -> Tensor:
         """Predicted velocity ``v(z, t)`` for a scalar time ``t`` (0-dim tensor); ``[B, *S]``."""
         tb = t.to(z.dtype).expand(z.shape[0])
-        return net(z, tb, torch.zeros_like(tb), y).to(z.dtype)
+        return net(z, tb, torch.zeros_like(tb), y, **(net_kwargs or {})).to(z.dtype)
 
     @torch.no_grad()
     def sample(
@@ -103,6 +106,8 @@ class FlowMatching(Method):
         y: Tensor | None = None,
         steps: int = 1,
         schedule: Tensor | None = None,
+        *,
+        net_kwargs: dict | None = None,
     ) -> Tensor:
         """Integrate ``dz/dt = v`` from t = 1 (noise) to t = 0 (data).
 
@@ -115,6 +120,7 @@ class FlowMatching(Method):
             y: Class ids ``[B]`` or ``None``.
             steps: Number of steps k >= 1.
             schedule: Optional decreasing grid ``[k + 1]`` from 1 to 0.
+            net_kwargs: Extra keyword inputs passed unchanged to every network call.
 
         Returns:
             Samples ``[B, *S]``.
@@ -124,10 +130,10 @@ class FlowMatching(Method):
         for i in range(grid.numel() - 1):
             t_cur, t_next = grid[i], grid[i + 1]
             dt = t_cur - t_next
-            v = self.velocity(net, z, t_cur, y)
+            v = self.velocity(net, z, t_cur, y, net_kwargs)
             if self.solver == "euler":
                 z = z - dt * v
             else:
                 z_pred = z - dt * v
-                z = z - dt * 0.5 * (v + self.velocity(net, z_pred, t_next, y))
+                z = z - dt * 0.5 * (v + self.velocity(net, z_pred, t_next, y, net_kwargs))
         return z

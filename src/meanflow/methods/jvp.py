@@ -52,6 +52,7 @@ def jvp(
     dh: Tensor,
     *,
     use_tangents: bool | None = None,
+    net_kwargs: dict | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Network output and its directional derivative along ``(dz, dt, dh)``.
 
@@ -66,15 +67,18 @@ def jvp(
         dh: Tangent of ``h``, ``[B]``.
         use_tangents: Force (True) or forbid (False) the tangent-mode route; ``None`` picks it when
             the network supports it.
+        net_kwargs: Extra keyword inputs of the network (e.g. ``augment_labels``), passed unchanged
+            to every call on every route; they get no tangent.
 
     Returns:
         ``(out, dout)``, both ``[B, *S]``: ``out`` carries the autograd graph to the parameters,
         ``dout`` is detached (it is only ever used inside a stop-gradient target).
     """
+    kw = net_kwargs or {}
     if use_tangents is None:
         use_tangents = supports_tangents(net)
     if use_tangents:
-        out, dout = net(z, t, h, y, tangents=(dz, dt, dh))
+        out, dout = net(z, t, h, y, tangents=(dz, dt, dh), **kw)
         return out, dout.detach()
 
     inner = getattr(net, "module", None)
@@ -82,18 +86,18 @@ def jvp(
         cuda = z.device.type == "cuda"
         cpu_state = torch.get_rng_state()
         cuda_state = torch.cuda.get_rng_state(z.device) if cuda else None
-        out = net(z, t, h, y)
+        out = net(z, t, h, y, **kw)
         # Replay the same random draws (dropout masks) for the tangent; afterwards the RNG has
         # advanced exactly as after one forward.
         torch.set_rng_state(cpu_state)
         if cuda:
             torch.cuda.set_rng_state(cuda_state, z.device)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            _, dout = torch.func.jvp(lambda *a: inner(*a, y), (z, t, h), (dz, dt, dh))
+            _, dout = torch.func.jvp(lambda *a: inner(*a, y, **kw), (z, t, h), (dz, dt, dh))
         return out, dout
 
     def f(z_: Tensor, t_: Tensor, h_: Tensor) -> Tensor:
-        return net(z_, t_, h_, y)
+        return net(z_, t_, h_, y, **kw)
 
     with sdpa_kernel(SDPBackend.MATH):
         out, dout = torch.func.jvp(f, (z, t, h), (dz, dt, dh))

@@ -124,7 +124,8 @@ class MeanFlow(Method):
         )
 
     @torch.no_grad()
-    def guided_velocity(self, net: nn.Module, z: Tensor, t: Tensor, v: Tensor, y: Tensor) -> Tensor:
+    def guided_velocity(self, net: nn.Module, z: Tensor, t: Tensor, v: Tensor, y: Tensor,
+                        net_kwargs: dict | None = None) -> Tensor:
         """Guided velocity ``v_g`` the target is built on (no gradient).
 
         With ``v_uncond = u(z, t, h=0, y=null)`` and ``v_cond = u(z, t, h=0, y)`` (instantaneous
@@ -139,22 +140,25 @@ class MeanFlow(Method):
             t: Time ``[B]``.
             v: Conditional velocity ``e - x``, ``[B, *S]``.
             y: Class ids ``[B]`` (before class dropout).
+            net_kwargs: Extra keyword inputs of the network, passed to both forwards.
 
         Returns:
             ``v_g``, ``[B, *S]``.
         """
+        kw = net_kwargs or {}
         zero = torch.zeros_like(t)
         null = torch.full_like(y, self.num_classes)
         v_g = self.omega * v
         if self.omega + self.kappa != 1.0:
-            v_g = v_g + (1 - self.omega - self.kappa) * net(z, t, zero, null).to(v.dtype)
+            v_g = v_g + (1 - self.omega - self.kappa) * net(z, t, zero, null, **kw).to(v.dtype)
         if self.kappa != 0.0:
-            v_g = v_g + self.kappa * net(z, t, zero, y).to(v.dtype)
+            v_g = v_g + self.kappa * net(z, t, zero, y, **kw).to(v.dtype)
         inside = (t >= self.t_start) & (t <= self.t_end)
         return torch.where(expand_like(inside, v), v_g, v)
 
     def target(
-        self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None = None
+        self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None = None,
+        net_kwargs: dict | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Prediction and MeanFlow regression target at ``(z, r, t)`` for a velocity ``v``.
 
@@ -168,11 +172,12 @@ class MeanFlow(Method):
             r: ``[B]``, ``r <= t``.
             v: Velocity used as the z-tangent and in the target (``v`` or guided ``v_g``), ``[B, *S]``.
             y: Class ids ``[B]`` or ``None``.
+            net_kwargs: Extra keyword inputs of the network (no tangent).
 
         Returns:
             ``(u, u_tgt)``: prediction with graph and detached target, both ``[B, *S]``.
         """
-        return _target(net, z, t, r, v, y)
+        return _target(net, z, t, r, v, y, net_kwargs)
 
     def loss(
         self,
@@ -183,6 +188,7 @@ class MeanFlow(Method):
         noise: Tensor | None = None,
         t: Tensor | None = None,
         r: Tensor | None = None,
+        net_kwargs: dict | None = None,
     ) -> LossOutput:
         """MeanFlow loss on a batch (paper Algorithm 1, with trained-in guidance).
 
@@ -197,6 +203,8 @@ class MeanFlow(Method):
             noise: Optional fixed noise ``[B, *S]``.
             t: Optional fixed t ``[B]``. If only one of ``t``/``r`` is given the other equals it.
             r: Optional fixed r ``[B]``, ``r <= t``.
+            net_kwargs: Extra keyword inputs passed unchanged to every network call (the primal,
+                the JVP, the guidance forwards), e.g. ``{"augment_labels": [B, 9]}``.
 
         Returns:
             :class:`LossOutput` with metrics ``loss`` (weighted), ``mse`` (mean per-sample squared
@@ -223,14 +231,14 @@ class MeanFlow(Method):
         v_g = v
         if y is not None and self.num_classes > 0:
             if self.guided:
-                v_g = self.guided_velocity(net, z, t, v, y).to(dtype)
+                v_g = self.guided_velocity(net, z, t, v, y, net_kwargs).to(dtype)
             if self.class_dropout > 0:
                 drop = torch.rand(b, device=x.device) < self.class_dropout
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
                 v_g = torch.where(expand_like(drop, v), v, v_g)
 
         objective = _compiled_objective() if self.compile else _objective
-        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps)
+        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs)
 
         with torch.no_grad():
             metrics = {
@@ -251,6 +259,8 @@ class MeanFlow(Method):
         y: Tensor | None = None,
         steps: int = 1,
         schedule: Tensor | None = None,
+        *,
+        net_kwargs: dict | None = None,
     ) -> Tensor:
         """One- or few-step generation (paper Algorithm 2).
 
@@ -264,10 +274,12 @@ class MeanFlow(Method):
             y: Class ids ``[B]`` or ``None`` (unconditional / null class).
             steps: Number of steps k >= 1.
             schedule: Optional decreasing grid ``[k + 1]`` from 1 to 0.
+            net_kwargs: Extra keyword inputs passed unchanged to every network call.
 
         Returns:
             Samples ``[B, *S]``.
         """
+        kw = net_kwargs or {}
         grid = resolve_schedule(steps, schedule, noise.device).to(noise.dtype)
         z = noise
         b = noise.shape[0]
@@ -275,27 +287,29 @@ class MeanFlow(Method):
             t_cur, t_next = grid[i], grid[i + 1]
             t = t_cur.expand(b)
             h = (t_cur - t_next).expand(b)
-            z = z - (t_cur - t_next) * net(z, t, h, y)
+            z = z - (t_cur - t_next) * net(z, t, h, y, **kw)
         return z
 
 
-def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None):
+def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None,
+            net_kwargs: dict | None = None):
     """``u, du/dt = jvp(u_theta, (z, r, t), (v, 0, 1))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``."""
     h = t - r
     ones = torch.ones_like(t)
-    u, dudt = jvp(net, z, t, h, y, v, ones, ones)  # (dz, dt, dh) = (v, 1, 1) on (z, t, h)
+    # (dz, dt, dh) = (v, 1, 1) on (z, t, h)
+    u, dudt = jvp(net, z, t, h, y, v, ones, ones, net_kwargs=net_kwargs)
     u_tgt = v - expand_like(h.clamp(0, 1), v) * dudt
     return u, u_tgt.detach()
 
 
-def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float):
+def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None):
     """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off.
 
     Returns:
         ``(loss, err, u)``: scalar loss, per-sample squared error ``[B]``, prediction ``[B, *S]``.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
-        u, u_tgt = _target(net, z, t, r, v, y)
+        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs)
         u = u.to(z.dtype)
         err = per_sample_sq(u - u_tgt)
         weight = (err.detach() + norm_eps).pow(norm_p)  # stop-gradient adaptive weight

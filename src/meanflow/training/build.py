@@ -20,11 +20,6 @@ def build_data(cfg: Config):
     from meanflow.data import build_dataset
 
     d = cfg.data
-    if d.augment_p > 0:
-        # The paper's CIFAR-10 run uses EDM augmentation with the augmentation labels as extra network
-        # conditioning; neither exists here yet. Refuse rather than silently train another recipe.
-        raise UserError(f"data.augment_p={d.augment_p}: EDM augmentation is not implemented yet; "
-                        "train without it with --set data.augment_p=0")
     opts = dict(d.options)
     if d.is_toy:
         opts.setdefault("n", d.num_points)
@@ -54,9 +49,19 @@ def num_classes(cfg: Config, data) -> int:
     return int(data.num_classes)
 
 
+def build_augment(cfg: Config):
+    """EDM's augmentation pipe at `data.augment_p` (see meanflow.data.augment), or None when off."""
+    if cfg.data.augment_p == 0:
+        return None
+    from meanflow.data.augment import AugmentPipe
+
+    return AugmentPipe(p=cfg.data.augment_p)
+
+
 def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
     """`cfg.network.kwargs` completed from the data: size, channels, dimension and class count are
-    filled in where the factory takes them and the config does not say."""
+    filled in where the factory takes them and the config does not say; with `data.augment_p > 0`
+    the network gets `augment_dim = 9` (the augmentation labels are extra conditioning)."""
     from meanflow.networks.registry import NETWORKS
 
     name = cfg.network.name.lower()
@@ -67,6 +72,16 @@ def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
     auto: dict[str, int] = {"num_classes": classes, "dim": math.prod(shape)}
     if len(shape) == 3:
         auto.update(in_channels=shape[0], input_size=shape[1], img_resolution=shape[1])
+    if cfg.data.augment_p > 0:
+        from meanflow.data.augment import AUGMENT_DIM
+
+        if "augment_dim" not in params:
+            raise UserError(f"data.augment_p > 0 needs a network that takes augmentation labels "
+                            f"(unet, unet-ddpmpp); {cfg.network.name!r} does not")
+        if int(kw.get("augment_dim", AUGMENT_DIM)) != AUGMENT_DIM:
+            raise UserError(f"data.augment_p > 0 gives {AUGMENT_DIM} augmentation labels, but "
+                            f"network.kwargs.augment_dim={kw['augment_dim']}")
+        auto["augment_dim"] = AUGMENT_DIM
     for k, v in auto.items():
         if k in params and k not in kw:
             kw[k] = v

@@ -26,7 +26,14 @@ from torch import nn
 
 from meanflow.errors import UserError
 from meanflow.training import distributed
-from meanflow.training.build import build_data, build_method_from, build_net, data_shape, num_classes
+from meanflow.training.build import (
+    build_augment,
+    build_data,
+    build_method_from,
+    build_net,
+    data_shape,
+    num_classes,
+)
 from meanflow.training.checkpoint import (
     Checkpoint,
     checkpoint_path,
@@ -43,6 +50,9 @@ from meanflow.training.schedule import lr_at, step_seed
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
                      "training.keep_last", "training.device", "training.num_threads",
                      "training.replica_check_every", "logging", "data.data_dir", "preset")
+# Offset of the training seed for the augmentation generator's stream (independent of the global
+# stream that noise, times and dropout draw from).
+AUGMENT_STREAM = 0xA06
 
 
 @dataclass
@@ -222,6 +232,9 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             raise UserError(f"checkpoint is at step {start}, the run ends at step {total}: nothing to do "
                             "(raise training.steps to train longer)")
     is_image = len(parts.shape) == 3
+    augment = build_augment(cfg)
+    if augment is not None and not is_image:
+        raise UserError("data.augment_p > 0 applies to images only")
     is_latent = bool(getattr(parts.data, "is_latent", False))
 
     run_dir: Path | None = None
@@ -302,14 +315,22 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             x_all, y_all = next(loader)
             x_all = x_all.to(device)
             y_all = y_all.to(device) if (y_all is not None and parts.classes) else None
+            aug_all = None
+            if augment is not None:
+                # Own generator, reseeded per step (like every other draw): exact on resume.
+                gen = torch.Generator().manual_seed(step_seed(tc.seed + AUGMENT_STREAM, info.rank, step))
+                x_all, aug_all = augment(x_all, gen)
             for i in range(tc.grad_accum):
                 x = x_all[i * micro:(i + 1) * micro]
                 y = None if y_all is None else y_all[i * micro:(i + 1) * micro]
+                # Only an augmenting run passes net_kwargs (a method may not take them otherwise).
+                extra = {} if aug_all is None else {
+                    "net_kwargs": {"augment_labels": aug_all[i * micro:(i + 1) * micro]}}
                 last = i == tc.grad_accum - 1
                 sync = contextlib.nullcontext() if (last or ddp_net is net) else ddp_net.no_sync()
                 with sync:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = parts.method.loss(ddp_net, x, y)
+                        out = parts.method.loss(ddp_net, x, y, **extra)
                     (out.loss / tc.grad_accum).backward()
                 for k, v in out.metrics.items():
                     v = torch.as_tensor(v, dtype=torch.float32).detach().to(device)
