@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from conftest import tiny_toy
+from training_configs import tiny_toy
 
 from meanflow.errors import UserError
 from meanflow.training import loop
