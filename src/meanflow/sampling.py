@@ -97,15 +97,21 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
 
 
 def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0, batch_size: int = 256,
-                   class_label: int | None = None, device: str | torch.device = "cpu") -> np.ndarray:
-    """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`)."""
+                   class_label: int | None = None, device: str | torch.device = "cpu",
+                   rows: tuple[int, int] | None = None) -> np.ndarray:
+    """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`).
+
+    `rows=(start, stop)` returns only samples [start, stop) of the n (one rank's shard); sample i
+    depends only on (seed, i), so the shards of all ranks concatenate to the full set.
+    """
+    start, stop = (0, n) if rows is None else rows
     shape, _ = model_info(net)
     if len(shape) != 3:
         raise UserError(f"uint8 images need an image model, this one generates shape {shape}")
     if getattr(net, "meanflow_is_latent", False):
         raise UserError("this model generates latents, not images: decode them with the VAE first")
-    x = generate(method, net, 0, n, steps=steps, seed=seed, batch_size=batch_size, class_label=class_label,
-                 device=device)
+    x = generate(method, net, start, stop, steps=steps, seed=seed, batch_size=batch_size,
+                 class_label=class_label, device=device)
     return to_uint8(x)
 
 

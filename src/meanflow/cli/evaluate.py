@@ -162,18 +162,17 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     from meanflow.evaluation.fid import gather_rows, rank_and_world, shard_range
-    from meanflow.sampling import generate, load_generator, to_uint8
+    from meanflow.sampling import generate_uint8, load_generator
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
     method, net, _ = load_generator(str(ckpt), ema=args.ema, device=args.device)
-    # Sample i depends only on (seed, i), so each rank draws its own slice and the gathered set equals
-    # a single process's; images are quantised exactly like `generate_uint8`.
-    start, stop = shard_range(args.num_samples, *rank_and_world())
-    local = generate(method, net, start, stop, steps=args.steps, seed=args.seed,
-                     batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device)
-    images = gather_rows(to_uint8(local))
+    # Each rank draws its own slice of the samples; gathered, they equal a single process's set.
+    local = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
+                           batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,
+                           rows=shard_range(args.num_samples, *rank_and_world()))
+    images = gather_rows(local)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
     path = out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
     if not main:
