@@ -50,6 +50,16 @@ def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path, capsys)
     assert not (tmp_path / "runs").exists()
 
 
+def test_missing_dataset_names_the_download_flag_and_the_flag_sets_the_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEANFLOW_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--preset", "mnist", "--out-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "--download" in err and "--data-dir" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    assert main(["train", "--preset", "mnist", "--download", "--dry-run"]) == 0
+    assert "download: true" in capsys.readouterr().out
+
+
 def test_config_file_and_flags(tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_text("preset: toy-2d\ntraining: {lr: 0.02}\n")

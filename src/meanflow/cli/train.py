@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="training.device: auto, cpu or cuda")
     p.add_argument("--out-dir", default=None, help="logging.out_dir (parent of the run folders)")
     p.add_argument("--data-dir", default=None, help="data.data_dir")
+    p.add_argument("--download", action="store_true",
+                   help="data.download: fetch a missing dataset into the cache (md5-verified)")
     p.add_argument("--resume", default=None, metavar="RUN_OR_CKPT",
                    help="continue a run from its newest checkpoint (or this checkpoint file)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -52,6 +54,8 @@ def flag_overrides(args) -> list[str]:
             out.append(f"{key}={value}")
     if args.steps is not None:
         out.append("training.epochs=null")
+    if args.download:
+        out.append("data.download=true")
     return out
 
 

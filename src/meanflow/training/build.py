@@ -26,7 +26,7 @@ def build_data(cfg: Config):
         opts.setdefault("seed", cfg.training.seed)
         return build_dataset(d.name, split="train", data_dir=d.data_dir, **opts)
     splits = ("train", "test") if d.split == "all" else (d.split,)
-    parts = [build_dataset(d.name, split=s, data_dir=d.data_dir, **opts) for s in splits]
+    parts = [build_dataset(d.name, split=s, data_dir=d.data_dir, download=d.download, **opts) for s in splits]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]

@@ -49,6 +49,8 @@ class DataConfig:
     data_dir: str | None = None
     """Folder (or file, for 'latents') holding the dataset (None: $MEANFLOW_CACHE/<name> or
     ~/.cache/meanflow/<name>)."""
+    download: bool = False
+    """Download a missing dataset (MNIST, Fashion-MNIST, CIFAR-10) into the cache, checksum-verified."""
     split: str = "all"
     """Split to train on: 'train', 'test' or 'all' (both; digits then has its 1,797 images)."""
     options: dict[str, Any] = field(default_factory=dict)

@@ -49,7 +49,8 @@ from meanflow.training.schedule import lr_at, step_seed
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
                      "training.keep_last", "training.device", "training.num_threads",
-                     "training.replica_check_every", "logging", "data.data_dir", "preset")
+                     "training.replica_check_every", "logging", "data.data_dir", "data.download",
+                     "preset")
 # Offset of the training seed for the augmentation generator's stream (independent of the global
 # stream that noise, times and dropout draw from).
 AUGMENT_STREAM = 0xA06
