@@ -52,8 +52,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("meanflow", "flow_matching")
 LABEL = {"meanflow": "MeanFlow", "flow_matching": "flow matching (Euler)"}
-SHARED_MNIST = Path("/work/shared/data/mnist")
-SHARED_INCEPTION = Path("/work/shared/data/inception/pt_inception-2015-12-05-pool3only-fcNaN.pth")
+_BESIDE = REPO.parent / "shared" / "data"  # CI and sessions check out the repo next to shared/
+SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
+SHARED_MNIST = SHARED / "mnist"
+SHARED_INCEPTION = SHARED / "inception" / "pt_inception-2015-12-05-pool3only-fcNaN.pth"
 REF_CHUNK = 500  # reference images per cached feature chunk
 
 

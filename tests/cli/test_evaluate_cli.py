@@ -14,7 +14,9 @@ from torch import nn
 from meanflow.cli import evaluate as evaluate_cli
 from meanflow.errors import UserError
 
-WEIGHTS = Path("/work/shared/data/inception/pt_inception-2015-12-05-pool3only-fcNaN.pth")
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
+WEIGHTS = ((_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data"))
+           / "inception" / "pt_inception-2015-12-05-pool3only-fcNaN.pth")
 
 
 def run(argv):

@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_WEIGHTS = Path("/work/shared/data/inception/pt_inception-2015-12-05-pool3only-fcNaN.pth")
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_WEIGHTS = ((_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data"))
+                  / "inception" / "pt_inception-2015-12-05-pool3only-fcNaN.pth")
 
 
 def inception_weights_path() -> Path | None:
