@@ -36,13 +36,13 @@ def test_digits(split, n):
 
 
 def test_toy2d_names_match_the_sampler_module():
-    toy2d = pytest.importorskip("meanflow.data.toy2d")
+    from meanflow.data import toy2d
     assert tuple(toy2d.NAMES) == TOY2D_NAMES
 
 
 @pytest.mark.parametrize("name", TOY2D_NAMES)
 def test_toy2d_point_datasets(name):
-    toy2d = pytest.importorskip("meanflow.data.toy2d")
+    from meanflow.data import toy2d
     train = build_dataset(name, n=256, seed=4)
     assert isinstance(train, PointData) and train.x.shape == (256, 2) and train.x.dtype == torch.float32
     assert train.y is None and train.num_classes == 0 and train.dim == 2

@@ -67,5 +67,8 @@ class TangentNet(nn.Module):
         out, dout = self.pair_forward(z, t, h, y, dz, dt, dh, **kwargs)
         return out, dout
 
-    def pair_forward(self, z, t, h, y, dz, dt, dh, **kwargs):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def pair_forward(self, z, t, h, y, dz, dt, dh, **kwargs):
+        """``(out, dout)``: the forward with its graph and the exact tangent under ``no_grad``.
+
+        Every subclass implements it (an abstract method: ``nn.Module`` is not an ``abc.ABC``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement tangent mode")
