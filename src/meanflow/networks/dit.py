@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder
+from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, summed_condition
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
@@ -209,12 +209,8 @@ class DiT(TangentNet):
                 f"DiT built for inputs [B, {self.in_channels}, {self.input_size}, "
                 f"{self.input_size}], got {tuple(z.shape)}"
             )
-        c, dc = self.t_embedder(t, dt)
-        ch, dch = self.h_embedder(h, dh)
-        c = c + ch
-        dc = None if dc is None else dc + dch
-        if self.y_embedder is not None:
-            c = c + self.y_embedder(y, b, z.device)
+        c, dc = summed_condition(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
+                                 z.device)
 
         x, dx = L.conv2d(self.x_embedder, z, dz)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)

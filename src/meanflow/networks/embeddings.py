@@ -106,3 +106,17 @@ def batch_scalar(x: Tensor | float, batch_size: int, like: Tensor) -> Tensor:
     if x.dim() == 0:
         x = x.expand(batch_size)
     return x.reshape(batch_size)
+
+
+def summed_condition(t_embedder, h_embedder, y_embedder, t: Tensor, h: Tensor, y: Tensor | None,
+                     dt: Tensor | None, dh: Tensor | None, batch: int,
+                     device) -> tuple[Tensor, Tensor | None]:
+    """Conditioning vector ``c = E_t(t) + E_h(h) (+ E_y(y))`` ``[B, D]`` and its tangent ``dc``
+    (``None`` in plain mode; the class embedding has no tangent). ``y_embedder`` may be None."""
+    c, dc = t_embedder(t, dt)
+    ch, dch = h_embedder(h, dh)
+    c = c + ch
+    dc = None if dc is None else dc + dch
+    if y_embedder is not None:
+        c = c + y_embedder(y, batch, device)
+    return c, dc

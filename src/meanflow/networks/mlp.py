@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder
+from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, summed_condition
 
 
 class _ResBlock(nn.Module):
@@ -69,12 +69,8 @@ class MLP(TangentNet):
         b = z.shape[0]
         if z[0].numel() != self.dim:
             raise UserError(f"mlp built for dim={self.dim} got inputs of shape {tuple(z.shape)}")
-        c, dc = self.t_embedder(t, dt)
-        ch, dch = self.h_embedder(h, dh)
-        c = c + ch
-        dc = None if dc is None else dc + dch
-        if self.y_embedder is not None:
-            c = c + self.y_embedder(y, b, z.device)
+        c, dc = summed_condition(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
+                                 z.device)
         x, dx = L.linear(self.inp, z.reshape(b, -1), None if dz is None else dz.reshape(b, -1))
         for blk in self.blocks:
             x, dx = blk(x, dx, c, dc)
