@@ -3,6 +3,7 @@ generation with zero augmentation labels, and the refusal for networks without a
 
 import pytest
 import torch
+from training_configs import checkpoint_tensors
 
 from meanflow.data import ImageData
 from meanflow.errors import UserError
@@ -11,18 +12,6 @@ from meanflow.training import loop
 from meanflow.training.build import build_method_from, build_net, network_kwargs
 from meanflow.training.checkpoint import Checkpoint
 from meanflow.training.presets import resolve_config
-
-
-def _tensors(run_dir):
-    """Model, EMA and optimizer tensors of a run's newest checkpoint (as in test_loop)."""
-    c = Checkpoint(run_dir)
-    out = {f"model/{k}": v for k, v in c.model().items()}
-    for d in c.ema_decays:
-        out.update({f"ema/{d}/{k}": v for k, v in c.ema(d).items()})
-    for i, st in c.optimizer()["state"].items():
-        out.update({f"optim/{i}/{k}": v for k, v in st.items()})
-    return c, out
-
 
 TINY_UNET = ("network={name: unet, kwargs: {model_channels: 8, channel_mult: [1, 2], num_blocks: 1, "
              "attn_resolutions: [], dropout: 0.1}}")
@@ -44,7 +33,7 @@ def test_augmented_run_resumes_bit_identically(tmp_path):
     full = loop.train(cfg, echo=lambda s: None)
     part = loop.train(cfg, stop_at=2, echo=lambda s: None)
     resumed = loop.train(cfg, resume=part, echo=lambda s: None)
-    (_, a), (cb, b) = _tensors(full), _tensors(resumed)
+    (_, a), (cb, b) = checkpoint_tensors(full), checkpoint_tensors(resumed)
     assert cb.step == 5 and set(a) == set(b)
     assert "model/map_augment.weight" in a and a["model/map_augment.weight"].shape[1] == 9
     for k in a:
@@ -59,8 +48,8 @@ def test_augmented_run_resumes_bit_identically(tmp_path):
 
 def test_augment_changes_training(tmp_path):
     """Same seed, with and without augmentation: the weights differ (the pipe is really applied)."""
-    a = _tensors(loop.train(tiny_digits(tmp_path, "training.steps=2"), echo=lambda s: None))[1]
-    b = _tensors(loop.train(tiny_digits(tmp_path, "training.steps=2", "data.augment_p=0",
+    a = checkpoint_tensors(loop.train(tiny_digits(tmp_path, "training.steps=2"), echo=lambda s: None))[1]
+    b = checkpoint_tensors(loop.train(tiny_digits(tmp_path, "training.steps=2", "data.augment_p=0",
                                         "network.kwargs.augment_dim=9"), echo=lambda s: None))[1]
     assert not torch.equal(a["model/map_augment.weight"], b["model/map_augment.weight"])
     # without augmentation no labels are passed: the bias-free label map gets no gradient

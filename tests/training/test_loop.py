@@ -6,22 +6,12 @@ import signal
 
 import pytest
 import torch
-from training_configs import tiny_toy
+from training_configs import checkpoint_tensors, tiny_toy
 
 from meanflow.errors import UserError
 from meanflow.training import loop
 from meanflow.training.checkpoint import Checkpoint, list_checkpoints
 from meanflow.training.distributed import DistInfo
-
-
-def _tensors(run_dir):
-    c = Checkpoint(run_dir)
-    out = {f"model/{k}": v for k, v in c.model().items()}
-    for d in c.ema_decays:
-        out.update({f"ema/{d}/{k}": v for k, v in c.ema(d).items()})
-    for i, st in c.optimizer()["state"].items():
-        out.update({f"optim/{i}/{k}": v for k, v in st.items()})
-    return c, out
 
 
 def test_run_folder_contents(tmp_path):
@@ -46,7 +36,7 @@ def test_resume_is_bit_identical(tmp_path, accum):
     assert Checkpoint(part).step == 3 and not (part / "samples.png").exists()
     resumed = loop.train(cfg, resume=part, echo=lambda s: None)
     assert resumed == part
-    (ca, a), (cb, b) = _tensors(full), _tensors(resumed)
+    (ca, a), (cb, b) = checkpoint_tensors(full), checkpoint_tensors(resumed)
     assert cb.step == 7 and set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
