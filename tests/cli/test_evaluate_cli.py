@@ -45,6 +45,13 @@ def _images(n, size=8, channels=3, seed=0, high=200):
     return np.random.default_rng(seed).integers(0, high, (n, size, size, channels), dtype=np.uint8)
 
 
+def _ref_stats_of(tmp_path, images):
+    """Save ``images`` as tmp_path/real.npz and run `ref-stats` on them into tmp_path/ref.npz."""
+    np.savez(tmp_path / "real.npz", images=images)
+    run(["ref-stats", "--images", str(tmp_path / "real.npz"), "--out", str(tmp_path / "ref.npz"),
+         "--no-progress"])
+
+
 def test_register_adds_both_subcommands():
     parser = argparse.ArgumentParser(prog="meanflow")
     evaluate_cli.register(parser.add_subparsers(dest="command", required=True))
@@ -60,17 +67,7 @@ def test_register_adds_both_subcommands():
 
 def test_ref_stats_then_eval_round_trip(tmp_path, cheap_model, capsys):
     imgs = _images(12)
-    np.savez(tmp_path / "real.npz", images=imgs)
-    run(
-        [
-            "ref-stats",
-            "--images",
-            str(tmp_path / "real.npz"),
-            "--out",
-            str(tmp_path / "ref.npz"),
-            "--no-progress",
-        ]
-    )
+    _ref_stats_of(tmp_path, imgs)
     with np.load(tmp_path / "ref.npz") as data:
         assert int(data["n"]) == 12 and data["features"].shape == (12, 6)
         assert tuple(data["image_shape"]) == (8, 8, 3)
@@ -176,17 +173,7 @@ def test_eval_from_a_checkpoint_generates_quantised_samples(tmp_path, cheap_mode
 
     monkeypatch.setattr(sampling, "load_generator", load_generator)
     monkeypatch.setattr(sampling, "generate_uint8", generate_uint8)
-    np.savez(tmp_path / "real.npz", images=_images(9, seed=5))
-    run(
-        [
-            "ref-stats",
-            "--images",
-            str(tmp_path / "real.npz"),
-            "--out",
-            str(tmp_path / "ref.npz"),
-            "--no-progress",
-        ]
-    )
+    _ref_stats_of(tmp_path, _images(9, seed=5))
     res = run(
         [
             "eval",
@@ -223,17 +210,7 @@ def _one_line_user_error(argv, match):
 
 
 def test_user_errors(tmp_path, cheap_model):
-    np.savez(tmp_path / "real.npz", images=_images(6, size=16))
-    run(
-        [
-            "ref-stats",
-            "--images",
-            str(tmp_path / "real.npz"),
-            "--out",
-            str(tmp_path / "ref.npz"),
-            "--no-progress",
-        ]
-    )
+    _ref_stats_of(tmp_path, _images(6, size=16))
     np.savez(tmp_path / "small.npz", samples=_images(6, size=8))
     _one_line_user_error(
         ["eval", "--samples", str(tmp_path / "small.npz"), "--ref", str(tmp_path / "ref.npz")],
