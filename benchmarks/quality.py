@@ -545,6 +545,7 @@ def mnist_part(args) -> None:
 
 def mnist_markdown(res: dict) -> str:
     p, ref = res["preset"], res["ref"]
+    m = p["method"]
     steps = {t["steps"] for t in res["trainings"]}
     plan = res.get("plan") or {}
     how = plan.get("how", "given run folders (--eval-only)")
@@ -561,9 +562,10 @@ def mnist_markdown(res: dict) -> str:
         f"Both methods: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
         f"network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
         f"{', '.join(str(s) for s in sorted(steps))} optimizer steps (chosen by {how}); samples from the EMA "
-        f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. MeanFlow keeps the "
-        "preset's method settings (25% r != t, logit-normal(-0.4, 1), p = 1, class dropout 0.1); flow "
-        "matching uses the same time sampler, no class dropout, and Euler steps.",
+        f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. MeanFlow: "
+        f"{m['ratio']:.0%} r != t, logit-normal({m['t_mean']}, {m['t_std']}), p = {m['norm_p']}, class "
+        f"dropout {m['class_dropout']}; flow matching uses the same time sampler, no class dropout, and "
+        "Euler steps.",
         "",
         f"FID and KID of {res['n']:,} generated images (uint8, FID Inception-v3 pool3, 28x28 resized to "
         f"299) against the statistics of {ref['source']} (`{Path(ref['path']).name}`). "
