@@ -71,7 +71,10 @@ def test_mnist_markdown(quality):
            "command": "python benchmarks/quality.py", "commit": "abc", "hardware": "cpu", "load_start": "0",
            "wall_s": 1.0, "jobs": 2, "train_threads": 1, "eval_threads": 2, "date": "today",
            "grid_dir": "/tmp",
-           "preset": {"network": "unet", "batch": 64, "lr": 1e-3, "ema": 0.999}}
+           "preset": {"network": "unet", "batch": 64, "lr": 1e-3, "ema": 0.999,
+                      "method": {"ratio": 0.75, "t_mean": -0.6, "t_std": 1.6, "norm_p": 1.0,
+                                 "class_dropout": 0.1}}}
     text = quality.mnist_markdown(res)
     assert "biased upward" in text and "| MeanFlow | 1 | 20.00 |" in text
+    assert "MeanFlow: 75% r != t, logit-normal(-0.6, 1.6)" in text  # the run's settings, not the preset's
     assert "(10.0x)" in text and "flow matching 50 steps 10" in text
