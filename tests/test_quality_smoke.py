@@ -1,22 +1,16 @@
 """Plumbing of benchmarks/quality.py at a toy scale: train both methods a few steps, evaluate, write
 the markdown section, resume from the cached runs, and keep text outside the markers."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("quality")
 
 
 @pytest.fixture

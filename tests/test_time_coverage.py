@@ -1,21 +1,14 @@
 """benchmarks/time_coverage.py: Monte Carlo interval fractions against closed forms."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from benchmark_scripts import load_benchmark
 
 from meanflow.training.config import MethodConfig
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "time_coverage.py"
 
 
 @pytest.fixture(scope="module")
 def coverage_mod():
-    spec = importlib.util.spec_from_file_location("time_coverage_script", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("time_coverage")
 
 
 def test_uniform_sorted_pairs_match_closed_form(coverage_mod):
