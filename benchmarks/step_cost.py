@@ -175,15 +175,7 @@ def time_steps(net_key: str, batch: int, iters: int, device: str, compiled: bool
     for s in steps.values():  # warm-up (and compilation)
         s()
         s()
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    for _ in range(iters):
-        for m, s in steps.items():
-            sync(device)
-            t0 = time.perf_counter()
-            s()
-            sync(device)
-            times[m].append(time.perf_counter() - t0)
-    return {m: statistics.median(v) for m, v in times.items()}
+    return interleaved_medians(steps, iters, device)
 
 
 @torch.no_grad()
@@ -196,6 +188,12 @@ def time_sampling(net_key: str, batch: int, iters: int, device: str) -> dict:
     fns = {"forward": lambda: net(e, ones, ones), "mf-1step": lambda: method.sample(net, e)}
     for f in fns.values():
         f()
+    return interleaved_medians(fns, iters, device)
+
+
+def interleaved_medians(fns: dict, iters: int, device: str) -> dict[str, float]:
+    """Median seconds of each callable in `fns`, run in turn (a, b, c, a, b, c, ...) `iters` times so
+    that load from other processes hits them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(iters):
         for k, f in fns.items():

@@ -2,13 +2,12 @@
 
 import argparse
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_datasets import patch_build_dataset
 from torch import nn
 
 from meanflow.cli import evaluate as evaluate_cli
@@ -124,14 +123,7 @@ def test_eval_against_reference_images_directly(tmp_path, cheap_model):
 
 def test_ref_stats_from_a_dataset(tmp_path, cheap_model, monkeypatch):
     u8 = _images(7, size=6, channels=1, high=256).transpose(0, 3, 1, 2)  # grayscale [N, 1, H, W]
-    fake = types.SimpleNamespace(x=torch.from_numpy(u8).float() / 127.5 - 1, is_latent=False)
-    calls = []
-
-    def build_dataset(name, split="train", data_dir=None, download=False):
-        calls.append((name, split, data_dir, download))
-        return fake
-
-    monkeypatch.setitem(sys.modules, "meanflow.data", types.SimpleNamespace(build_dataset=build_dataset))
+    _, calls = patch_build_dataset(monkeypatch, u8)
     run(
         [
             "ref-stats",

@@ -1,11 +1,10 @@
 """Image sources, quantisation, statistics files and the FID/KID path (with a cheap feature model)."""
 
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
+from fake_datasets import patch_build_dataset
 from PIL import Image
 
 from meanflow.errors import UserError
@@ -173,14 +172,7 @@ def test_mismatched_image_sizes_are_refused():
 
 def test_dataset_images_quantises_like_samples(monkeypatch):
     u8 = np.random.default_rng(5).integers(0, 256, (4, 1, 6, 6), dtype=np.uint8)
-    fake = types.SimpleNamespace(x=torch.from_numpy(u8).float() / 127.5 - 1, is_latent=False)
-    calls = []
-
-    def build_dataset(name, split="train", data_dir=None, download=False):
-        calls.append((name, split, data_dir, download))
-        return fake
-
-    monkeypatch.setitem(sys.modules, "meanflow.data", types.SimpleNamespace(build_dataset=build_dataset))
+    fake, calls = patch_build_dataset(monkeypatch, u8)
     got = dataset_images("mnist", split="test", data_dir="/d")
     assert calls == [("mnist", "test", "/d", False)]
     np.testing.assert_array_equal(got, u8.transpose(0, 2, 3, 1))

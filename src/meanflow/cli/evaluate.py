@@ -13,6 +13,7 @@ writes them as JSON beside the samples (``<samples>_eval.json``, or ``--out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -95,10 +96,16 @@ def _join_ranks(args) -> bool:
     return info.is_main
 
 
-def _leave_ranks() -> None:
+@contextlib.contextmanager
+def _ranks(args):
+    """Inside: joined to torchrun's process group (see `_join_ranks`); yields whether this is rank 0."""
     from meanflow.training import distributed
 
-    distributed.shutdown()
+    main = _join_ranks(args)
+    try:
+        yield main
+    finally:
+        distributed.shutdown()
 
 
 def load_feature_model(args):
@@ -110,11 +117,8 @@ def load_feature_model(args):
 
 def run_ref_stats(args) -> dict:
     _check_common(args)
-    main = _join_ranks(args)
-    try:
+    with _ranks(args) as main:
         return _ref_stats(args, main)
-    finally:
-        _leave_ranks()
 
 
 def _ref_stats(args, main: bool) -> dict:
@@ -203,11 +207,8 @@ def run_eval(args) -> dict:
     _check_common(args)
     if args.kid_subsets < 1 or args.kid_subset_size < 2:
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
-    main = _join_ranks(args)
-    try:
+    with _ranks(args) as main:
         return _eval(args, main)
-    finally:
-        _leave_ranks()
 
 
 def _eval(args, main: bool) -> dict:
