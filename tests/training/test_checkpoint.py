@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from meanflow.errors import UserError
@@ -95,12 +96,80 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert good.read_bytes() == before
 
 
-@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\x00" * 64])
-def test_corrupt_checkpoint_is_a_user_error(tmp_path, content):
+@pytest.mark.parametrize("content, message", [
+    (b"", "is an empty file"),
+    (b"not a safetensors file at all", "is not a safetensors file"),
+    (b"\x00" * 64, "is not a safetensors file"),
+    (b"PK\x03\x04" + b"\x00" * 60, "zip archive"),
+])
+def test_corrupt_checkpoint_is_a_user_error(tmp_path, content, message):
     p = tmp_path / "ckpt-0000001.safetensors"
     p.write_bytes(content)
-    with pytest.raises(UserError, match="cannot read checkpoint|not a meanflow checkpoint"):
+    with pytest.raises(UserError, match=message):
         ck.Checkpoint(p)
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = _save(tmp_path, 3, *_parts())
+    data = path.read_bytes()
+    for cut in (5, 40, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(UserError, match="truncated|not a safetensors|cannot read checkpoint"):
+            ck.Checkpoint(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    p = tmp_path / "x.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="not a meanflow checkpoint"):
+        ck.Checkpoint(p)
+
+
+@pytest.mark.parametrize("drop, message", [
+    ("model/", "no model/ tensors"), ("ema/0.9/", "no ema/0.9/ tensors"), ("optim/", "no optim/ tensors")])
+def test_crafted_checkpoint_without_a_group(tmp_path, drop, message):
+    path = _save(tmp_path, 3, *_parts())
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(drop)}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(UserError, match=message):
+        ck.Checkpoint(path)
+
+
+def test_load_into_checks_names_and_shapes(tmp_path):
+    net, opt, ema = _parts()
+    path = _save(tmp_path, 3, net, opt, ema)
+    fresh = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    ck.Checkpoint(path).load_into(fresh)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
+    with pytest.raises(UserError, match=r"does not match its network: model/2.weight has shape \[2, 5\]"):
+        ck.Checkpoint(path).load_into(nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 3)))
+    deeper = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2), nn.Linear(2, 2))
+    with pytest.raises(UserError, match="does not match its network: missing model/3.bias and 1 more"):
+        ck.Checkpoint(path).load_into(deeper)
+    with safe_open(str(path), framework="pt") as f:  # one tensor missing from a crafted file
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != "model/0.bias"}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(UserError, match="missing model/0.bias"):
+        ck.Checkpoint(path).load_into(fresh)
+
+
+def test_remove_stale_temps(tmp_path):
+    path = _save(tmp_path, 3, *_parts())
+    stale = [tmp_path / "checkpoints" / ".ckpt-0000004.safetensors.tmp123",
+             tmp_path / ".loss.png.tmp99", tmp_path / "samples" / ".step-0000004.png.tmp7",
+             tmp_path / ".log.jsonl.tmp5"]
+    for p in stale:
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x" * 100)
+    keep = [tmp_path / "checkpoints" / ".hidden-note", tmp_path / "notes.tmp1"]
+    for p in keep:
+        p.write_text("mine")
+    assert sorted(ck.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert all(not p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert ck.list_checkpoints(tmp_path) == [path]
 
 
 def test_missing_checkpoint(tmp_path):

@@ -27,6 +27,8 @@ from safetensors.torch import safe_open, save_file
 from meanflow.errors import UserError
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
+# Temporary files of an interrupted atomic write (`.<name>.tmp<pid>`), in a run folder or below.
+TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[a-z]+)?$")
 FORMAT = "meanflow-checkpoint-v1"
 
 
@@ -105,11 +107,46 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
     return path
 
 
+def _check_safetensors_header(path: Path) -> None:
+    """UserError naming what `path` is when it is not a safetensors file (8-byte little-endian header
+    length, then a JSON header), instead of the library's 'header too large'."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise UserError(f"checkpoint {path} is an empty file")
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if n < 2 or 8 + n > size or head[8:9] != b"{":
+        kind = "a zip archive (a torch.save pickle?)" if head[:2] == b"PK" else "not a safetensors file"
+        truncated = 8 <= len(head) and head[8:9] == b"{" and 8 + n > size
+        raise UserError(f"checkpoint {path} is truncated (header says {8 + n} bytes, file has {size})"
+                        if truncated else f"checkpoint {path} is {kind}; meanflow checkpoints are "
+                        "safetensors files written by `meanflow train`")
+
+
 def run_dir_of(ckpt_path: str | Path) -> Path | None:
     """The run folder a checkpoint file belongs to (`<run>/checkpoints/ckpt-*.safetensors`), or None
     for a checkpoint that was copied elsewhere."""
     p = Path(ckpt_path)
     return p.parent.parent if p.parent.name == "checkpoints" else None
+
+
+def remove_stale_temps(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files that a killed run left behind in `run_dir`, its `checkpoints/` and
+    `samples/` (never under a final name, never counted as checkpoints). Only call this while no other
+    process writes into the run. Returns the paths removed."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints", Path(run_dir) / "samples"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if TEMP_RE.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
@@ -122,17 +159,40 @@ class Checkpoint:
 
     def __init__(self, path: str | Path) -> None:
         self.path = find_checkpoint(path)
+        _check_safetensors_header(self.path)
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
                 self._keys = list(f.keys())
             if meta.get("format") != FORMAT:
-                raise UserError(f"{self.path} is not a meanflow checkpoint")
+                raise UserError(f"{self.path} is a safetensors file but not a meanflow checkpoint "
+                                "(no 'format: meanflow-checkpoint-v1' metadata)")
             self.config: dict = json.loads(meta["config"])
             self.state: dict = json.loads(meta["state"])
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            if not isinstance(self.config, dict) or not isinstance(self.state, dict):
+                raise ValueError("config and state metadata must be JSON objects")
+            int(self.state["step"])
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot read checkpoint {self.path}: {msg}") from None
+        missing = [g for g in ("model/", *(f"ema/{d!r}/" for d in self.ema_decays))
+                   if not any(k.startswith(g) for k in self._keys)]
+        has_optim = any(k.startswith("optim/") for k in self._keys)
+        if "optimizer" in self.state and self.step > 0 and not has_optim:
+            missing.append("optim/")
+        if missing:
+            raise UserError(f"checkpoint {self.path} is incomplete: it has no {', '.join(missing)} tensors")
+
+    def require(self, prefix: str, names) -> None:
+        """UserError unless the group `prefix` holds exactly the tensors `names` (e.g. a state_dict's
+        keys): a crafted or foreign file is reported as such, not as a KeyError."""
+        have = {k[len(prefix):] for k in self._keys if k.startswith(prefix)}
+        names = set(names)
+        if have != names:
+            miss, extra = sorted(names - have), sorted(have - names)
+            what = (f"missing {prefix}{miss[0]}" + (f" and {len(miss) - 1} more" if len(miss) > 1 else "")
+                    if miss else f"unexpected {prefix}{extra[0]}")
+            raise UserError(f"checkpoint {self.path} does not match its network: {what}")
 
     def _group_raw(self, prefix: str) -> dict[str, torch.Tensor]:
         """Tensors whose name starts with `prefix`, read lazily (sampling never loads the optimizer)."""
@@ -156,6 +216,17 @@ class Checkpoint:
 
     def model(self) -> dict[str, torch.Tensor]:
         return self._group("model/")
+
+    def load_into(self, net, prefix: str = "model/") -> None:
+        """Load the group `prefix` (`model/` or `ema/<decay>/`) into `net`, after checking that the
+        names and shapes match; a mismatch is a UserError naming the first difference."""
+        self.require(prefix, net.state_dict().keys())
+        tensors = self._group(prefix)
+        for k, ref in net.state_dict().items():
+            if tensors[k].shape != ref.shape:
+                raise UserError(f"checkpoint {self.path} does not match its network: {prefix}{k} has shape "
+                                f"{list(tensors[k].shape)}, the network {list(ref.shape)}")
+        net.load_state_dict({k: tensors[k].to(ref.dtype) for k, ref in net.state_dict().items()})
 
     def ema(self, decay: float) -> dict[str, torch.Tensor]:
         decay = float(decay)

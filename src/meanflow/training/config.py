@@ -214,6 +214,12 @@ class TrainingConfig:
     """Number of most recent checkpoints kept."""
     replica_check_every: int = 100
     """Distributed only: every this many steps check that all replicas hold identical weights."""
+    on_nonfinite: str = "stop"
+    """A step whose loss or gradients are NaN/inf never reaches the weights, the EMAs or a checkpoint.
+    'stop': end the run naming the step (exit status 3; the last checkpoint is the last good state);
+    'skip': drop that step and go on (see max_nonfinite_skips)."""
+    max_nonfinite_skips: int = 10
+    """With on_nonfinite='skip': stop once more than this many consecutive steps were skipped."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"training.batch_size must be > 0, got {self.batch_size}")
@@ -244,6 +250,9 @@ class TrainingConfig:
         _check(self.checkpoint_every > 0, "training.checkpoint_every must be > 0")
         _check(self.keep_last > 0, "training.keep_last must be > 0")
         _check(self.replica_check_every > 0, "training.replica_check_every must be > 0")
+        _check(self.on_nonfinite in ("stop", "skip"), f"training.on_nonfinite must be 'stop' or 'skip', "
+               f"got {self.on_nonfinite!r}")
+        _check(self.max_nonfinite_skips >= 0, "training.max_nonfinite_skips must be >= 0")
 
     def total_steps(self, dataset_size: int) -> int:
         """Optimizer steps of the whole run: `steps`, or ceil(epochs * N / batch_size)."""

@@ -32,18 +32,25 @@ class EMA:
         }
 
     @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
+    def update(self, net: nn.Module, skip: torch.Tensor | None = None) -> None:
+        """One EMA step after an optimizer step. `skip` (0-dim float tensor on the weights' device, see
+        `meanflow.training.nonfinite`) masks the step without a host sync: 1.0 leaves every shadow as
+        it is (`lerp` weight (1 - d) * (1 - skip)); 0.0 is the ordinary update, bit for bit."""
         params = dict(net.named_parameters())
         state = net.state_dict()
         self.num_updates += 1
+        keep = None if skip is None else 1.0 - skip
         for d, shadow in self.shadows.items():
             if self.warmup:  # short runs: do not let the random init linger in the average
                 d = min(d, (1.0 + self.num_updates) / (10.0 + self.num_updates))
+            weight = 1.0 - d if keep is None else (1.0 - d) * keep
             for k, v in state.items():
                 if k in params and v.is_floating_point():
-                    shadow[k].lerp_(v.detach().float(), 1.0 - d)
-                else:
+                    shadow[k].lerp_(v.detach().float(), weight)
+                elif keep is None:
                     shadow[k].copy_(v)
+                else:
+                    shadow[k].copy_(torch.where(keep > 0, v.to(shadow[k].dtype), shadow[k]))
 
     def state(self, decay: float) -> dict[str, torch.Tensor]:
         """Shadow state_dict of one decay (float32 floating-point tensors)."""

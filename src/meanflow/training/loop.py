@@ -13,6 +13,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -38,19 +39,21 @@ from meanflow.training.checkpoint import (
     Checkpoint,
     checkpoint_path,
     prune_checkpoints,
+    remove_stale_temps,
     run_dir_of,
     save_checkpoint,
 )
 from meanflow.training.config import Config, config_diff, config_from_dict, config_to_dict, config_to_yaml
 from meanflow.training.ema import EMA
+from meanflow.training.nonfinite import NonFiniteGuard
 from meanflow.training.rundir import next_run_dir
 from meanflow.training.schedule import lr_at, step_seed
 
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
                      "training.keep_last", "training.device", "training.num_threads",
-                     "training.replica_check_every", "logging", "data.data_dir", "data.download",
-                     "preset")
+                     "training.replica_check_every", "training.on_nonfinite",
+                     "training.max_nonfinite_skips", "logging", "data.data_dir", "data.download", "preset")
 # Offset of the training seed for the augmentation generator's stream (independent of the global
 # stream that noise, times and dropout draw from).
 AUGMENT_STREAM = 0xA06
@@ -137,24 +140,34 @@ class _StopFlag:
 
 
 class _Logger:
-    """Scalars to JSONL (and TensorBoard when installed), rank 0 only."""
+    """Scalars to JSONL (and TensorBoard when installed), rank 0 only.
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool) -> None:
+    Resuming from step `start` first drops the records past `start` that the interrupted run wrote
+    after its last checkpoint (JSONL rewritten atomically; TensorBoard through `purge_step`), so the
+    log holds every step once.
+    """
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool, start: int = 0) -> None:
         self.path = None if run_dir is None else run_dir / "log.jsonl"
         self.tb = None
+        if self.path is not None and start > 0:
+            _truncate_log(self.path, start)
         if run_dir is not None and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start or None)
             except Exception:  # tensorboard not installed: JSONL only
                 self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write the training log {self.path}: {e.strerror or e}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -163,6 +176,71 @@ class _Logger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _truncate_log(path: Path, start: int) -> None:
+    """Keep the records of `path` up to step `start` (and drop a torn last line)."""
+    if not path.is_file():
+        return
+    keep, dropped = [], False
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            dropped = True
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > start:
+            dropped = True
+            continue
+        keep.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_optimizer(net: nn.Module, tc) -> torch.optim.Optimizer:
+    """Adam or AdamW, fused where the device has the kernel (CPU, CUDA): the fused kernels read the
+    non-finite guard's flag (`found_inf`) on the device and skip a bad step without a host sync."""
+    opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    kw = dict(lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    try:
+        return opt_cls(net.parameters(), fused=True, **kw)
+    except RuntimeError:  # no fused kernel for this device / dtype
+        return opt_cls(net.parameters(), **kw)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()` unless `skip` (0-dim, 1.0 = skip): inside the fused kernel, else on the host."""
+    if all(g.get("fused") for g in optimizer.param_groups):
+        optimizer.grad_scale, optimizer.found_inf = None, skip
+        optimizer.step()
+    elif not skip.item():
+        optimizer.step()
+
+
+def _make_run_dir(ckpt: Checkpoint | None, out_dir: str, desc: str) -> Path:
+    """The run folder: the resumed checkpoint's (stale temp files removed), else a new numbered one."""
+    run_dir = run_dir_of(ckpt.path) if ckpt is not None else None
+    try:
+        if run_dir is not None:
+            remove_stale_temps(run_dir)
+            return run_dir
+        return next_run_dir(out_dir, desc)
+    except FileExistsError:
+        raise UserError(f"cannot create a run folder in {out_dir}: it is a file, not a folder") from None
+    except OSError as e:
+        where = run_dir or out_dir
+        raise UserError(f"cannot create a run folder in {where}: {e.strerror or e}") from None
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None = None,
@@ -215,17 +293,20 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     total = tc.total_steps(n_data)
     warmup = tc.warmup(n_data)
     net = parts.net.to(device)
-    opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(net.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    optimizer = build_optimizer(net, tc)
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
     start = 0
     if ckpt is not None:
-        net.load_state_dict(ckpt.model())
+        ckpt.load_into(net)
         for d in tc.ema_decays:
+            ckpt.require(f"ema/{float(d)!r}/", ema.state(d).keys())
             ema.load(d, ckpt.ema(d))
         opt_state = ckpt.optimizer()
         if opt_state is not None:
+            fused = [g.get("fused") for g in optimizer.param_groups]
             optimizer.load_state_dict(opt_state)
+            for g, f in zip(optimizer.param_groups, fused):  # this build's kernel, not the writer's
+                g["fused"] = f
         loader.load_state_dict(ckpt.state["sampler"])
         start = ckpt.step
         ema.num_updates = start
@@ -240,32 +321,47 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
     run_dir: Path | None = None
     if info.is_main:
-        run_dir = run_dir_of(ckpt.path) if ckpt is not None else None
-        run_dir = run_dir or next_run_dir(lc.out_dir, cfg.describe())
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        run_dir = _make_run_dir(ckpt, lc.out_dir, cfg.describe())
+        try:
+            _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))
+            _write_atomic(run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write the config into run folder {run_dir}: {e.strerror or e}") from None
         echo(f"run folder: {run_dir}")
         echo(f"{n_data} training samples of shape {list(parts.shape)}, {parts.classes} classes; "
              f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters; "
              f"{world} process(es) on {device.type}; steps {start} -> {total}")
-    logger = _Logger(run_dir, lc.tensorboard)
+    logger = _Logger(run_dir, lc.tensorboard, start)
 
     ddp_net = distributed.wrap(net, info, device)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
     sample_net = copy.deepcopy(net).eval().requires_grad_(False)
 
+    guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_skips, device, distributed=info.enabled)
+    # The CPU reads the guard's flags back every step (free); a GPU only where the loop syncs anyway.
+    check_each_step = device.type != "cuda"
+    last_ckpt = [str(ckpt.path) if ckpt is not None else ""]
+
     def checkpoint(step: int) -> None:
+        guard.check(last_ckpt[0])  # never write a state past a non-finite step
         if not info.is_main:
             return
         state = {"step": step, "sampler": loader.state_dict(), "seed": tc.seed, "world_size": world,
                  "data_shape": list(parts.shape), "num_classes": parts.classes, "is_latent": is_latent,
                  "total_steps": total}
-        save_checkpoint(checkpoint_path(run_dir, step), model=net.state_dict(), ema=ema.shadows,
-                        optimizer=optimizer.state_dict(), config=config_to_dict(cfg), state=state)
+        path = checkpoint_path(run_dir, step)
+        try:
+            save_checkpoint(path, model=net.state_dict(), ema=ema.shadows, optimizer=optimizer.state_dict(),
+                            config=config_to_dict(cfg), state=state)
+        except OSError as e:
+            kept = f"; the previous checkpoint {last_ckpt[0]} is intact" if last_ckpt[0] else ""
+            raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}{kept}") from None
+        last_ckpt[0] = str(path)
         prune_checkpoints(run_dir, tc.keep_last)
 
     def samples(step: int, final: bool = False) -> None:
         """A grid of `logging.sample_count` samples from the first EMA (sharded over ranks)."""
+        guard.check(last_ckpt[0])
         if tc.ema_decays:
             ema.copy_to(sample_net, tc.ema_decays[0])
         else:
@@ -302,6 +398,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
         bar = tqdm(total=total, initial=start, dynamic_ncols=True, desc="train", leave=True)
     sums: dict[str, torch.Tensor] = {}
+    good = torch.zeros((), device=device)  # finite steps summed into `sums` since the last log
     count = 0
     t_last = time.perf_counter()
     step = start
@@ -321,6 +418,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                 # Own generator, reseeded per step (like every other draw): exact on resume.
                 gen = torch.Generator().manual_seed(step_seed(tc.seed + AUGMENT_STREAM, info.rank, step))
                 x_all, aug_all = augment(x_all, gen)
+            step_metrics: dict[str, torch.Tensor] = {}
+            loss_sum = torch.zeros((), device=device)
             for i in range(tc.grad_accum):
                 x = x_all[i * micro:(i + 1) * micro]
                 y = None if y_all is None else y_all[i * micro:(i + 1) * micro]
@@ -333,30 +432,45 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         out = parts.method.loss(ddp_net, x, y, **extra)
                     (out.loss / tc.grad_accum).backward()
+                loss_sum = loss_sum + out.loss.detach().float()
                 for k, v in out.metrics.items():
                     v = torch.as_tensor(v, dtype=torch.float32).detach().to(device)
-                    sums[k] = sums.get(k, 0) + v / tc.grad_accum
+                    step_metrics[k] = step_metrics.get(k, 0) + v / tc.grad_accum
             if tc.grad_clip is not None:
                 gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-                sums["grad_norm"] = sums.get("grad_norm", 0) + gnorm.detach().float()
-            optimizer.step()
+                step_metrics["grad_norm"] = gnorm.detach().float()
+            else:
+                grads = [p.grad for p in net.parameters() if p.grad is not None]
+                gnorm = torch.nn.utils.get_total_norm(grads)
+            skip = guard.observe(step, loss_sum, gnorm)
+            optimizer_step(optimizer, skip)
             optimizer.zero_grad(set_to_none=True)
-            ema.update(net)
+            ema.update(net, skip)
             step += 1
             count += 1
+            ok = 1.0 - skip
+            for k, v in step_metrics.items():  # a skipped step's metrics stay out of the averages
+                sums[k] = sums.get(k, 0) + torch.where(ok > 0, v, torch.zeros_like(v))
+            good = good + ok
+            if check_each_step:
+                guard.check(last_ckpt[0])
 
             if step % lc.log_every == 0 or step == total:
+                guard.check(last_ckpt[0])
                 names = sorted(sums)
-                vals = distributed.all_reduce_mean(torch.stack([sums[k] / count for k in names]))
+                vals = distributed.all_reduce_mean(torch.stack([sums[k] for k in names] + [good]))
+                n_good = float(vals[-1])
                 now = time.perf_counter()
-                rec = {"step": step, **{k: float(v) for k, v in zip(names, vals)}, "lr": lr,
-                       "sec_per_step": (now - t_last) / count}
-                t_last, sums, count = now, {}, 0
-                if not all(math.isfinite(v) for k, v in rec.items() if k != "step"):
-                    raise RuntimeError(f"non-finite training scalars at step {step}: {rec}")
+                means = {k: float(v) / n_good for k, v in zip(names, vals)} if n_good else {}
+                rec = {"step": step, **means, "lr": lr, "sec_per_step": (now - t_last) / count}
+                skipped = guard.take_skipped()
+                if skipped:
+                    rec["skipped_steps"] = skipped
+                t_last, sums, count, good = now, {}, 0, torch.zeros((), device=device)
                 logger.write(rec)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4g}", refresh=False)
+                if bar is not None and n_good:
+                    shown = "mse" if "mse" in rec else "loss"
+                    bar.set_postfix({shown: f"{rec.get(shown, float('nan')):.4g}"}, refresh=False)
             if bar is not None:
                 bar.update(1)
             if info.enabled and step % tc.replica_check_every == 0:
@@ -379,15 +493,15 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         logger.close()
         return run_dir
     samples(step, final=True)
-    if info.is_main:
-        from meanflow.utils.plot import plot_loss
-
-        plot_loss(run_dir / "log.jsonl", run_dir / "loss.png")
     if len(parts.shape) == 1 and cfg.data.is_toy:
         _toy_report(cfg, parts, sample_net, info, run_dir, logger, step, echo)
     logger.close()
     if info.is_main:
-        echo(f"done: {total} steps. Samples: {run_dir / 'samples.png'}; loss curve: {run_dir / 'loss.png'}")
+        from meanflow.utils.plot import plot_loss
+
+        plotted = plot_loss(run_dir / "log.jsonl", run_dir / "loss.png", echo=echo)
+        curve = f"; loss curve: {run_dir / 'loss.png'}" if plotted else ""
+        echo(f"done: {total} steps. Samples: {run_dir / 'samples.png'}{curve}")
     return run_dir
 
 

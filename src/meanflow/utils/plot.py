@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -21,22 +22,29 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
-def plot_loss(log_path: str | Path, out_path: str | Path,
-              keys: tuple[str, ...] = ("loss", "mse")) -> Path | None:
+def plot_loss(log_path: str | Path, out_path: str | Path, keys: tuple[str, ...] = ("loss", "mse"),
+              echo: Callable[[str], None] | None = None) -> Path | None:
     """Plot each scalar of `keys` present in the log against `step`, one panel each, into a PNG.
 
     'loss' is what is optimised (for MeanFlow the adaptively weighted loss, close to 1 by design);
     'mse' is the unweighted squared error, the more readable curve. Log-scale y when the values span
     more than a decade.
-    Returns the path written, or None when the log holds none of the keys.
+    matplotlib is optional (`pip install matplotlib`, or the `plot` extra): without it nothing is
+    drawn and `echo` (when given) gets a one-line notice.
+    Returns the path written, or None when nothing was drawn.
     """
     records = read_jsonl(log_path)
     series = {k: [(r["step"], r[k]) for r in records if k in r and "step" in r] for k in keys}
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        if echo is not None:
+            echo(f"no loss plot: matplotlib is not installed (pip install matplotlib); the losses are in "
+                 f"{log_path}")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -52,7 +60,10 @@ def plot_loss(log_path: str | Path, out_path: str | Path,
     fig.tight_layout()
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out_path
