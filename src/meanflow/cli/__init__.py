@@ -2,13 +2,16 @@
 
 Each subcommand lives in its own module with `register(subparsers)`; `main` turns a `UserError`
 (and any argparse complaint) into one line `meanflow: error: <message>` on stderr and exit code 2,
-with no traceback.
+with no traceback. Exit codes: 0 done, 2 bad input or a file-system failure (unwritable or full
+output location, unreadable file), 3 training stopped by a non-finite loss or gradient
+(`training.on_nonfinite`), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from meanflow.errors import UserError
@@ -21,7 +24,12 @@ class _ArgumentError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors become one-line messages instead of usage dumps."""
+    """ArgumentParser whose errors become one-line messages instead of usage dumps, and which reads
+    `--lr -1e-3` as a (negative) value, not as an unknown option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$")
 
     def error(self, message: str):  # noqa: D401 - argparse API
         sub = self.prog.split(" ", 1)[1] if " " in self.prog else ""
@@ -58,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except (UserError, _ArgumentError) as e:
         print(f"meanflow: error: {_one_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    except OSError as e:  # a file-system failure no command turned into a UserError of its own
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"meanflow: error: {where}{_one_line(e.strerror or e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("meanflow: interrupted", file=sys.stderr)

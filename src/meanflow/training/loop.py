@@ -54,6 +54,9 @@ RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_e
                      "training.keep_last", "training.device", "training.num_threads",
                      "training.replica_check_every", "training.on_nonfinite",
                      "training.max_nonfinite_skips", "logging", "data.data_dir", "data.download", "preset")
+# Read the non-finite guard's flags back after every step (None: on the CPU, where it is free; not on
+# a GPU, where the loop checks at its own sync points). Tests set False to run the GPU schedule on a CPU.
+CHECK_EACH_STEP: bool | None = None
 # Offset of the training seed for the augmentation generator's stream (independent of the global
 # stream that noise, times and dropout draw from).
 AUGMENT_STREAM = 0xA06
@@ -339,7 +342,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
     guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_skips, device, distributed=info.enabled)
     # The CPU reads the guard's flags back every step (free); a GPU only where the loop syncs anyway.
-    check_each_step = device.type != "cuda"
+    check_each_step = device.type != "cuda" if CHECK_EACH_STEP is None else CHECK_EACH_STEP
     last_ckpt = [str(ckpt.path) if ckpt is not None else ""]
 
     def checkpoint(step: int) -> None:
@@ -442,7 +445,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             else:
                 grads = [p.grad for p in net.parameters() if p.grad is not None]
                 gnorm = torch.nn.utils.get_total_norm(grads)
-            skip = guard.observe(step, loss_sum, gnorm)
+            skip = guard.observe(step + 1, loss_sum, gnorm)
             optimizer_step(optimizer, skip)
             optimizer.zero_grad(set_to_none=True)
             ema.update(net, skip)

@@ -60,11 +60,13 @@ class NonFiniteGuard:
         self.worst_run = zero.clone()  # skip: longest run since the last check
         self.skipped = zero.clone()  # bad steps since the last `take_skipped()`
         self.first_bad = torch.full((), -1.0, device=device)  # step number of the first bad step
+        self.worst_end = zero.clone()  # skip: last step of the longest run
 
     @torch.no_grad()
     def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-        """Flag step `step` (1-based number of the update it would make) from its summed loss and its
-        global gradient norm (both non-finite when any element is); returns `skip`."""
+        """Flag the update numbered `step` (1-based: the step count after it, as in checkpoint names)
+        from its summed loss and its global gradient norm (non-finite when any element is); returns
+        `skip`."""
         bad = (~torch.isfinite(loss.detach().float()) | ~torch.isfinite(grad_norm.detach().float())).float()
         if self.distributed:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
@@ -76,6 +78,8 @@ class NonFiniteGuard:
             self.skip.copy_(self.halted)
         else:
             self.run.copy_((self.run + 1.0) * bad)
+            longer = (self.run > self.worst_run).float()
+            self.worst_end.copy_(longer * step + (1.0 - longer) * self.worst_end)
             self.worst_run.copy_(torch.maximum(self.worst_run, self.run))
             self.skip.copy_(bad)
         return self.skip
@@ -92,14 +96,15 @@ class NonFiniteGuard:
         first = int(self.first_bad.item())
         if first < 0:
             return
-        where = f"; last good checkpoint: {last_good}" if last_good else ""
+        where = f"; last good checkpoint: {last_good}" if last_good else "; no checkpoint was written yet"
         if self.policy == "stop":
             raise NonFiniteError(
                 f"non-finite loss or gradients at step {first}: training stopped, nothing from that step "
                 f"on was applied{where} (lower training.lr, or set training.on_nonfinite=skip)")
-        worst = int(self.worst_run.item())
+        worst, end = int(self.worst_run.item()), int(self.worst_end.item())
         self.worst_run.copy_(self.run)
         if worst > self.max_skips:
             raise NonFiniteError(
-                f"{worst} consecutive steps with non-finite loss or gradients (first bad step {first}; "
-                f"training.max_nonfinite_skips={self.max_skips}): training stopped{where}")
+                f"{worst} consecutive steps with non-finite loss or gradients "
+                f"(steps {end - worst + 1}-{end}; training.max_nonfinite_skips={self.max_skips}): "
+                f"training stopped{where}")
