@@ -128,6 +128,36 @@ def parse_ema(ema: Any) -> float | None | str:
     return None if value == 0.0 else value
 
 
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+def _check_weights(path: Path, prefix: str, weights: dict[str, torch.Tensor],
+                   ref: dict[str, torch.Tensor]) -> None:
+    """UserError naming the first missing / unexpected / mis-shaped tensor of a checkpoint's weights."""
+    bad = f"checkpoint {path} does not match its config"
+    if not weights:
+        raise UserError(f"{bad}: it holds no {prefix}* tensors")
+    missing = [k for k in ref if k not in weights]
+    unexpected = [k for k in weights if k not in ref]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            parts.append(f"missing {prefix}{missing[0]}{more}")
+        if unexpected:
+            more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+            parts.append(f"unexpected {prefix}{unexpected[0]}{more}")
+        raise UserError(f"{bad}: " + ", ".join(parts))
+    for k, v in ref.items():
+        if tuple(weights[k].shape) != tuple(v.shape):
+            raise UserError(f"{bad}: {prefix}{k} has shape {list(weights[k].shape)}, "
+                            f"the network expects {list(v.shape)}")
+        if v.is_floating_point() and not weights[k].is_floating_point():
+            raise UserError(f"{bad}: {prefix}{k} has dtype {weights[k].dtype}, expected floating point")
+
+
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
     """Load a trained generator from a run folder (newest checkpoint) or a checkpoint file.
 
@@ -147,17 +177,24 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
 
     ckpt = Checkpoint(path)
     cfg = config_from_dict(ckpt.config)
-    shape = tuple(ckpt.state["data_shape"])
-    classes = int(ckpt.state["num_classes"])
+    try:
+        shape = tuple(int(d) for d in ckpt.state["data_shape"])
+        classes = int(ckpt.state["num_classes"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpt.path} has no valid data_shape / num_classes in its state "
+                        f"metadata ({_first_line(e)})") from e
     net = build_net(cfg, shape, classes)
     choice = parse_ema(ema)
     if choice == "default":
         choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
     weights = ckpt.model() if choice is None else ckpt.ema(choice)
+    prefix = "model/" if choice is None else f"ema/{float(choice)!r}/"
     ref = net.state_dict()
-    if set(weights) != set(ref):
-        raise UserError(f"checkpoint {ckpt.path} does not match the network of its config")
-    net.load_state_dict({k: weights[k].to(ref[k].dtype) for k in ref})
+    _check_weights(ckpt.path, prefix, weights, ref)
+    try:
+        net.load_state_dict({k: weights[k].to(ref[k].dtype) for k in ref})
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {ckpt.path} does not match its config: {_first_line(e)}") from e
     net.to(device).eval().requires_grad_(False)
     net.meanflow_shape = shape
     net.meanflow_num_classes = classes

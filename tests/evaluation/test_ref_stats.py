@@ -1,5 +1,8 @@
 """Image sources, quantisation, statistics files and the FID/KID path (with a cheap feature model)."""
 
+import errno
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +107,7 @@ def test_image_folder_and_npz_sources(tmp_path):
     with pytest.raises(UserError, match="no image array"):
         load_images(tmp_path / "two.npz")
     (tmp_path / "junk.npz").write_bytes(b"definitely not numpy")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="not an .npz file"):
         load_images(tmp_path / "junk.npz")
     with pytest.raises(UserError, match="not found"):
         load_images(tmp_path / "absent.npz")
@@ -182,3 +185,51 @@ def test_dataset_images_quantises_like_samples(monkeypatch):
     fake.is_latent, fake.x = False, torch.zeros(4, 2)
     with pytest.raises(UserError, match="not an image dataset"):
         dataset_images("moons")
+
+
+def test_stats_and_image_files_never_unpickle(tmp_path):
+    marker = tmp_path / "UNPICKLED"
+
+    class Mkdir:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    np.savez(tmp_path / "obj.npz", mu=np.array([Mkdir()], dtype=object), sigma=np.eye(1))
+    with pytest.raises(UserError, match="holds Python objects"):
+        load_stats(tmp_path / "obj.npz")
+    np.savez(tmp_path / "img.npz", images=np.array([Mkdir()], dtype=object))
+    with pytest.raises(UserError, match="holds Python objects"):
+        load_images(tmp_path / "img.npz")
+    assert not marker.exists()
+
+
+def test_load_stats_file_errors(tmp_path):
+    imgs = np.random.default_rng(3).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    save_stats(tmp_path / "s.npz", compute_ref_stats(imgs, cheap_features, progress=False))
+    data = (tmp_path / "s.npz").read_bytes()
+    (tmp_path / "half.npz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "dir.npz").mkdir()
+    for name, match in (("half.npz", "truncated or corrupt"), ("empty.npz", r"empty \(0 bytes\)"),
+                        ("dir.npz", "is a folder"), ("absent.npz", "not found")):
+        with pytest.raises(UserError, match=match):
+            load_stats(tmp_path / name)
+
+
+def test_save_stats_is_atomic(tmp_path, monkeypatch):
+    stats = RefStats(np.zeros(2), np.eye(2), 3)
+    save_stats(tmp_path / "s.npz", stats)
+    before = (tmp_path / "s.npz").read_bytes()
+
+    def full(file, **arrays):
+        Path(file).write_bytes(b"PK partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(UserError, match="cannot write statistics to .*s.npz: No space left on device"):
+        save_stats(tmp_path / "s.npz", RefStats(np.ones(2), np.eye(2), 5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    assert (tmp_path / "s.npz").read_bytes() == before
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        save_stats(tmp_path / "f" / "s.npz", stats)

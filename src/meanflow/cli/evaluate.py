@@ -8,6 +8,11 @@
 Samples are uint8 (generated ones quantised as round((x+1)*127.5)), embedded by the FID
 Inception-v3 (pool3), and compared with the reference statistics. ``eval`` prints FID and KID and
 writes them as JSON beside the samples (``<samples>_eval.json``, or ``--out``).
+
+Files: inputs are read without pickle and every problem with them (missing, empty, not an .npz,
+truncated, Python objects, wrong arrays) is a one-line UserError; outputs (statistics, generated
+samples, JSON) are checked before the long work and written atomically (a temp file in the same
+folder, renamed when complete, removed on failure), so no partial file is ever left under a final name.
 """
 
 from __future__ import annotations
@@ -123,15 +128,18 @@ def run_ref_stats(args) -> dict:
 
 def _ref_stats(args, main: bool) -> dict:
     from meanflow.evaluation.ref_stats import compute_ref_stats, dataset_images, load_images, save_stats
+    from meanflow.utils.files import prepare_output
 
     if args.max_images is not None and args.max_images < 2:
         raise UserError(f"--max-images must be at least 2, got {args.max_images}")
+    if main:
+        prepare_output(args.out, f"--out {args.out}", create=False)
     if args.dataset:
         images = dataset_images(args.dataset, split=args.split, data_dir=args.data_dir,
                                 download=args.download)
         source = f"dataset={args.dataset} split={args.split}"
     else:
-        images = load_images(args.images)
+        images = load_images(args.images, "--images")
         source = f"images={args.images}"
     if args.max_images is not None and args.max_images < len(images):
         n = args.max_images
@@ -160,6 +168,13 @@ class _Head:
         return self.source[slice(*index.indices(self.n))]
 
 
+def _generated_path(args) -> Path:
+    """Where `eval --checkpoint` writes its samples: beside the checkpoint, or in the run folder."""
+    ckpt = Path(args.checkpoint)
+    out_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    return out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
+
+
 def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if args.num_samples < 2:
         raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
@@ -177,28 +192,42 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,
                            rows=shard_range(args.num_samples, *rank_and_world()))
     images = gather_rows(local)
-    out_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    path = out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
+    path = _generated_path(args)
     if not main:
         return images, path
-    np.savez(path, samples=images)
+    from meanflow.utils.files import atomic_files, prepare_output
+
+    prepare_output(path, f"samples file {path}")
+    with atomic_files("generated samples") as files:
+        np.savez(files.tmp(path), samples=images)
     print(f"generated {len(images)} samples ({args.steps} step(s)) -> {path}")
     return images, path
 
 
 def _reference(args, model):
-    from meanflow.evaluation.ref_stats import compute_ref_stats, load_images, load_stats
+    """Reference statistics from ``--ref``: a statistics .npz, or reference images (embedded now)."""
+    from meanflow.evaluation.ref_stats import (
+        IMAGE_ARRAY_KEYS,
+        as_uint8_nhwc,
+        compute_ref_stats,
+        load_images,
+        select_image_array,
+        stats_from_npz,
+    )
+    from meanflow.utils.files import check_input_file, is_npy, open_npz
 
     ref = Path(args.ref)
-    if ref.is_file() and ref.suffix == ".npz":
-        try:
-            with np.load(ref, allow_pickle=False) as data:
-                is_stats = "mu" in data and "sigma" in data
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read reference {ref}: {exc}") from exc
-        if is_stats:
-            return load_stats(ref)
-    images = load_images(ref)  # reference images: embed them now
+    if ref.is_dir() or is_npy(check_input_file(ref, "--ref")):
+        images = load_images(ref, "--ref")
+    else:
+        with open_npz(ref, "--ref") as data:
+            if "mu" in data or "sigma" in data:
+                return stats_from_npz(data, ref)
+            key = select_image_array(data.keys)
+            if key is None:
+                raise UserError(f"--ref {ref} holds neither statistics (mu, sigma) nor an image array "
+                                f"({', '.join(IMAGE_ARRAY_KEYS)}); found {', '.join(data.keys)}")
+            images = as_uint8_nhwc(data[key], f"--ref {ref} (array {key!r})")
     return compute_ref_stats(images, model, batch_size=args.batch_size, device=args.device,
                              progress=not args.no_progress, source=f"images={ref}")
 
@@ -214,12 +243,23 @@ def run_eval(args) -> dict:
 def _eval(args, main: bool) -> dict:
     from meanflow.evaluation.fid import inception_score
     from meanflow.evaluation.ref_stats import check_compatible, evaluate_images, load_images
+    from meanflow.utils.files import atomic_files, prepare_output
 
     if args.samples:
-        images, samples_path = load_images(args.samples), Path(args.samples)
+        samples_path = Path(args.samples)
         default_out = samples_path.with_name(samples_path.stem + "_eval.json")
         if samples_path.is_dir():
             default_out = samples_path.parent / (samples_path.name + "_eval.json")
+    else:
+        generated = _generated_path(args)
+        default_out = generated.with_name(generated.stem + "_eval.json")
+    out = Path(args.out) if args.out else default_out
+    if main:  # unwritable outputs fail now, not after the long work
+        prepare_output(out, f"--out {args.out}" if args.out else f"output {out}", create=False)
+        if not args.samples:
+            prepare_output(generated, f"samples file {generated}", create=False)
+    if args.samples:
+        images = load_images(samples_path, "--samples")
         model = load_feature_model(args)
         ref = _reference(args, model)
         check_compatible(images, ref)  # before any expensive embedding
@@ -227,7 +267,6 @@ def _eval(args, main: bool) -> dict:
         model = load_feature_model(args)
         ref = _reference(args, model)
         images, samples_path = _generate(args, main)
-        default_out = samples_path.with_name(samples_path.stem + "_eval.json")
     if args.inception_score and not model.has_classifier:
         raise UserError("--inception-score: these Inception weights have no classifier (fc is NaN); "
                         "pass the full pt_inception-2015-12-05 weights")
@@ -243,11 +282,11 @@ def _eval(args, main: bool) -> dict:
     result.update(samples=str(samples_path), ref=str(args.ref))
     if args.checkpoint:
         result.update(checkpoint=str(args.checkpoint), steps=args.steps, seed=args.seed)
-    out = Path(args.out) if args.out else default_out
     if not main:
         return result
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    prepare_output(out, f"--out {args.out}" if args.out else f"output {out}")
+    with atomic_files("evaluation results") as files:
+        files.tmp(out).write_text(json.dumps(result, indent=2) + "\n")
     line = f"FID {result['fid']:.4f}"
     if result["kid"] is not None:
         line += f"  KID {result['kid']:.6f} +- {result['kid_std']:.6f}"

@@ -29,11 +29,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _out_base(args) -> Path:
+    """The output path without extension: --out, or <run>/samples/sample-n..-steps..-seed.. ."""
+    if args.out is not None:
+        out = Path(args.out)
+        return out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    from meanflow.training.checkpoint import run_dir_of
+
+    p = Path(args.path)
+    run_dir = p if p.is_dir() else (run_dir_of(p) or p.parent)
+    tag = f"sample-n{args.num}-steps{args.steps}-seed{args.seed}"
+    if args.class_label is not None:
+        tag += f"-class{args.class_label}"
+    if args.ema is not None:
+        tag += f"-ema{args.ema}"
+    return run_dir / "samples" / tag
+
+
 def run(args) -> int:
+    """Generate, then write OUT.npz and OUT.png.
+
+    Output guarantee: both files are first written in full to hidden temp files in OUT's folder and
+    only then moved onto their final names (os.replace), so a failure while generating or writing
+    (disk full, read-only folder, crash, Ctrl-C) leaves no partial file and no temp file behind: each
+    of OUT.npz and OUT.png is either untouched (its previous complete content, or absent) or the
+    complete new file.
+    """
     import torch
 
     from meanflow.sampling import generate, load_generator, model_info
-    from meanflow.utils.images import make_grid, save_png, save_points, to_uint8
+    from meanflow.utils.files import atomic_files, prepare_output
+    from meanflow.utils.images import make_grid, png_image, points_image, to_uint8
 
     if args.num < 1:
         raise UserError(f"-n must be >= 1, got {args.num}")
@@ -43,42 +69,36 @@ def run(args) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available")
+    out = _out_base(args)
+    label = f"--out {args.out}" if args.out is not None else f"output {out}"
+    for suffix in (".npz", ".png"):  # fail before the expensive part
+        prepare_output(out.with_suffix(suffix), label, create=False)
     method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
     shape, classes = model_info(net)
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                  class_label=args.class_label, device=args.device)
-    if args.out is None:
-        from meanflow.training.checkpoint import run_dir_of
-
-        p = Path(args.path)
-        run_dir = p if p.is_dir() else (run_dir_of(p) or p.parent)
-        tag = f"sample-n{args.num}-steps{args.steps}-seed{args.seed}"
-        if args.class_label is not None:
-            tag += f"-class{args.class_label}"
-        if args.ema is not None:
-            tag += f"-ema{args.ema}"
-        out = run_dir / "samples" / tag
-    else:
-        out = Path(args.out)
-        if out.suffix in (".png", ".npz"):
-            out = out.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    labels = None
+    labels = {}
     if classes:
         from meanflow.sampling import labels_for
 
-        labels = labels_for(0, args.num, classes, args.class_label).numpy()
+        labels = {"labels": labels_for(0, args.num, classes, args.class_label).numpy()}
+    png = None
     if len(shape) == 3 and not getattr(net, "meanflow_is_latent", False):
         images = to_uint8(x)
-        np.savez(out.with_suffix(".npz"), images=images, **({} if labels is None else {"labels": labels}))
+        arrays = {"images": images, **labels}
         ncol = classes if classes and args.class_label is None and args.num % classes == 0 else None
-        save_png(make_grid(images, ncol=ncol), out.with_suffix(".png"),
-                 scale=max(1, round(48 / shape[1])))
+        png = png_image(make_grid(images, ncol=ncol), scale=max(1, round(48 / shape[1])))
         kind = f"uint8 images {list(images.shape)}"
     else:
-        np.savez(out.with_suffix(".npz"), samples=x.numpy(), **({} if labels is None else {"labels": labels}))
+        arrays = {"samples": x.numpy(), **labels}
         if len(shape) == 1 and shape[0] == 2:
-            save_points(x, out.with_suffix(".png"))
+            png = png_image(points_image(x))
         kind = f"float32 samples {list(x.shape)}"
-    print(f"{args.num} samples ({args.steps} step(s), seed {args.seed}) -> {out}.png, {out}.npz ({kind})")
+    prepare_output(out.with_suffix(".npz"), label)
+    with atomic_files("samples") as files:
+        np.savez(files.tmp(out.with_suffix(".npz")), **arrays)
+        if png is not None:
+            png.save(files.tmp(out.with_suffix(".png")), format="PNG")
+    written = f"{out}.png, {out}.npz" if png is not None else f"{out}.npz"
+    print(f"{args.num} samples ({args.steps} step(s), seed {args.seed}) -> {written} ({kind})")
     return 0

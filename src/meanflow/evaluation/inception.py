@@ -316,10 +316,9 @@ def resolve_weights(path: str | os.PathLike | None = None, download: bool = True
     """The weights file: ``path``, else ``$MEANFLOW_INCEPTION_WEIGHTS``, else the cached (downloaded) file."""
     chosen = path if path is not None else os.environ.get(WEIGHTS_ENV) or None
     if chosen is not None:
-        p = Path(chosen).expanduser()
-        if not p.is_file():
-            raise UserError(f"Inception weights file not found: {p}")
-        return p
+        from meanflow.utils.files import check_input_file
+
+        return check_input_file(Path(chosen).expanduser(), "Inception weights file")
     cached = default_cache_dir() / os.path.basename(WEIGHTS_URL)
     if cached.is_file():
         return cached
@@ -329,12 +328,22 @@ def resolve_weights(path: str | os.PathLike | None = None, download: bool = True
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Load and validate an Inception state dict (tensors only, never code)."""
+    """Load and validate an Inception state dict (tensors only, never code: ``weights_only=True``
+    refuses any pickled object that is not a tensor or a plain container)."""
+    from meanflow.utils.files import check_input_file
+
+    check_input_file(path, "Inception weights file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, not a torch file ...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch weights file ({msg[:200]})") from exc
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if "weights only load failed" in msg.lower():  # torch's advice to unpickle is not ours
+            if "global" in msg.lower():
+                msg = "it holds pickled Python objects, not only tensors; refused, never unpickled"
+            else:
+                msg = "not a torch.save file of tensors"
+        raise UserError(f"Inception weights file {path} is not a readable PyTorch weights file "
+                        f"({msg[:200]})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} does not hold a state dict of tensors")
     with torch.device("meta"):  # shapes only: no memory, no random init

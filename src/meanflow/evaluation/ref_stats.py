@@ -29,12 +29,7 @@ from meanflow.evaluation.fid import (
 NETWORK_NAME = "pt_inception-2015-12-05 pool3"
 QUANTIZATION = "round((x+1)*127.5) clipped to [0,255]"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-_ARRAY_KEYS = ("samples", "images", "arr_0", "x")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+IMAGE_ARRAY_KEYS = ("samples", "images", "arr_0", "x")
 
 
 def quantize_uint8(x) -> np.ndarray:
@@ -111,31 +106,36 @@ class ImageFolder:
         return np.stack(out) if out else np.zeros((0,) + self.shape, np.uint8)
 
 
-def load_npz_images(path: str | os.PathLike) -> np.ndarray:
-    """uint8 [N, H, W, C] from an ``.npz`` (key samples/images/arr_0/x, or its only array) or ``.npy``."""
-    path = Path(path)
-    try:
-        if path.suffix == ".npy":
-            return as_uint8_nhwc(np.load(path, allow_pickle=False), str(path))
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = next((k for k in _ARRAY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise UserError(f"{path}: no image array (expected one of {', '.join(_ARRAY_KEYS)}; found "
-                                f"{', '.join(keys) or 'nothing'})")
-            return as_uint8_nhwc(data[key], f"{path}[{key}]")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read images from {path}: {_first_line(exc)}") from exc
+def select_image_array(keys: list[str]) -> str | None:
+    """The key of the image array in an ``.npz``: samples/images/arr_0/x, or its only array."""
+    return next((k for k in IMAGE_ARRAY_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
 
 
-def load_images(path: str | os.PathLike):
+def load_npz_images(path: str | os.PathLike, what: str = "image file") -> np.ndarray:
+    """uint8 [N, H, W, C] from an ``.npz`` (key samples/images/arr_0/x, or its only array) or ``.npy``.
+
+    Read without pickle: a file of Python objects is refused. Any problem is a one-line UserError.
+    """
+    from meanflow.utils.files import check_input_file, is_npy, load_npy, open_npz
+
+    path = check_input_file(path, what)
+    if is_npy(path):
+        return as_uint8_nhwc(load_npy(path, what), f"{what} {path}")
+    with open_npz(path, what) as data:
+        key = select_image_array(data.keys)
+        if key is None:
+            expected = ", ".join(IMAGE_ARRAY_KEYS)
+            raise UserError(f"{what} {path} has no image array (expected one of {expected}; "
+                            f"found {', '.join(data.keys)})")
+        return as_uint8_nhwc(data[key], f"{what} {path} (array {key!r})")
+
+
+def load_images(path: str | os.PathLike, what: str = "image source"):
     """An image source from a folder of image files, or an ``.npz`` / ``.npy`` array of images."""
     path = Path(path)
     if path.is_dir():
         return ImageFolder(path)
-    if not path.is_file():
-        raise UserError(f"image source not found: {path}")
-    return load_npz_images(path)
+    return load_npz_images(path, what)
 
 
 def dataset_images(name: str, split: str = "train", data_dir=None, download: bool = False) -> np.ndarray:
@@ -185,9 +185,11 @@ def compute_ref_stats(images, model, *, batch_size: int = 50, device="cpu", kid_
 
 
 def save_stats(path: str | os.PathLike, stats: RefStats) -> None:
-    """Write ``stats`` as an ``.npz`` (atomically: a temp file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``stats`` as an ``.npz`` atomically: a temp file in the same folder, renamed into place
+    when complete and removed on any failure. An unwritable ``path`` is a one-line UserError."""
+    from meanflow.utils.files import atomic_files, prepare_output
+
+    path = prepare_output(path, f"statistics file {path}")
     arrays = dict(mu=stats.mu.astype(np.float64), sigma=stats.sigma.astype(np.float64),
                   n=np.int64(stats.n), network=np.str_(NETWORK_NAME), quantization=np.str_(QUANTIZATION),
                   source=np.str_(stats.source))
@@ -195,32 +197,59 @@ def save_stats(path: str | os.PathLike, stats: RefStats) -> None:
         arrays["image_shape"] = np.asarray(stats.image_shape, np.int64)
     if stats.features is not None:
         arrays["features"] = stats.features.astype(np.float32)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_files("statistics") as files:
+        np.savez(files.tmp(path), **arrays)
+
+
+def _numeric(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise UserError(f"reference statistics {path}: {key!r} has dtype {arr.dtype}, expected real numbers")
+    return arr
+
+
+def stats_from_npz(data, path: Path) -> RefStats:
+    """A :class:`RefStats` from an open statistics archive (``meanflow.utils.files.open_npz``)."""
+    if "mu" not in data or "sigma" not in data:
+        raise UserError(f"reference statistics {path} has no 'mu' and 'sigma' arrays "
+                        f"(found {', '.join(data.keys)}); is it a statistics file?")
+    mu = _numeric(data["mu"], path, "mu").astype(np.float64)
+    sigma = _numeric(data["sigma"], path, "sigma").astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise UserError(f"reference statistics {path}: mu {mu.shape} and sigma {sigma.shape} "
+                        f"do not fit together")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"reference statistics {path} contain non-finite values")
+    n = 0
+    if "n" in data:
+        n_arr = _numeric(data["n"], path, "n")
+        if n_arr.size != 1:
+            raise UserError(f"reference statistics {path}: 'n' must be one number, got shape {n_arr.shape}")
+        n = int(n_arr.reshape(()))
+    feats = None
+    if "features" in data:
+        feats = _numeric(data["features"], path, "features")
+        if feats.ndim != 2 or feats.shape[1] != mu.shape[0]:
+            raise UserError(f"reference statistics {path}: features {feats.shape} do not fit mu {mu.shape}")
+    shape = None
+    if "image_shape" in data:
+        raw = _numeric(data["image_shape"], path, "image_shape")
+        if raw.ndim != 1 or len(raw) not in (2, 3):
+            raise UserError(f"reference statistics {path}: image_shape must be (H, W, C), got {raw.tolist()}")
+        shape = tuple(int(v) for v in raw)
+    source = str(data["source"]) if "source" in data else ""
+    return RefStats(mu, sigma, n, feats, shape, source)
 
 
 def load_stats(path: str | os.PathLike) -> RefStats:
-    """Read a statistics ``.npz``: ours, or any with ``mu`` and ``sigma`` (e.g. the ADM reference batch)."""
+    """Read a statistics ``.npz``: ours, or any with ``mu`` and ``sigma`` (e.g. the ADM reference batch).
+
+    Read without pickle; any problem with the file is a one-line UserError.
+    """
+    from meanflow.utils.files import open_npz
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"reference statistics not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "mu" not in data or "sigma" not in data:
-                raise UserError(f"{path} has no 'mu' and 'sigma' arrays; is it a statistics file?")
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-            n = int(data["n"]) if "n" in data else 0
-            feats = data["features"] if "features" in data else None
-            shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data else None
-            source = str(data["source"]) if "source" in data else ""
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read statistics {path}: {_first_line(exc)}") from exc
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise UserError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise UserError(f"{path}: statistics contain non-finite values")
-    return RefStats(mu, sigma, n, feats, shape, source)
+    with open_npz(path, "reference statistics") as data:
+        return stats_from_npz(data, path)
 
 
 def check_compatible(images, ref: RefStats, what: str = "samples") -> None:

@@ -6,7 +6,6 @@ Images inside the library are float tensors in [-1, 1], shape [B, C, H, W]; file
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +39,26 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1, pad_val
     return grid
 
 
-def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    """Write uint8 [H, W, C] (C = 1 or 3) as PNG, upscaled `scale` times with nearest neighbour so
-    that small images (8x8 digits) stay sharp. Written atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def png_image(image: np.ndarray, scale: int = 1) -> Image.Image:
+    """uint8 [H, W, C] (C = 1 or 3) as a PIL image, upscaled `scale` times with nearest neighbour."""
     arr = image[..., 0] if image.shape[-1] == 1 else image
     img = Image.fromarray(np.ascontiguousarray(arr))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    return img
+
+
+def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Write uint8 [H, W, C] (C = 1 or 3) as PNG, upscaled `scale` times with nearest neighbour so
+    that small images (8x8 digits) stay sharp. Written atomically (temp file + os.replace; the temp
+    is removed if writing fails, and the OSError propagates)."""
+    from meanflow.utils.files import atomic_files
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = png_image(image, scale)
+    with atomic_files(user_errors=False) as files:
+        img.save(files.tmp(path), format="PNG")
     return path
 
 
@@ -66,9 +73,9 @@ def save_grid(x: torch.Tensor, path: str | Path, ncol: int | None = None) -> Pat
     return save_png(make_grid(imgs, ncol=ncol), path, scale=auto_scale(imgs.shape[1]))
 
 
-def save_points(points: torch.Tensor, path: str | Path, size: int = 512, extent: float = 4.5,
-                reference: torch.Tensor | None = None) -> Path:
-    """Scatter plot of 2-D points [N, 2] as a PNG (no plotting library needed).
+def points_image(points: torch.Tensor, size: int = 512, extent: float = 4.5,
+                 reference: torch.Tensor | None = None) -> np.ndarray:
+    """Scatter plot of 2-D points [N, 2] as uint8 [size, size, 3] (no plotting library needed).
 
     Points are white on black inside the square [-extent, extent]^2; `reference` points, when given,
     are drawn first in dark blue.
@@ -85,4 +92,10 @@ def save_points(points: torch.Tensor, path: str | Path, size: int = 512, extent:
     if reference is not None:
         draw(reference, (40, 60, 140))
     draw(points, (255, 255, 255))
-    return save_png(canvas, path)
+    return canvas
+
+
+def save_points(points: torch.Tensor, path: str | Path, size: int = 512, extent: float = 4.5,
+                reference: torch.Tensor | None = None) -> Path:
+    """Scatter plot of 2-D points [N, 2] as a PNG (see `points_image`), written atomically."""
+    return save_png(points_image(points, size, extent, reference), path)
