@@ -13,10 +13,10 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,8 @@ GUARD = textwrap.dedent("""
 
 def run_clean(tmp_path, *args):
     log = tmp_path / "blocked.txt"
-    proc = subprocess.run([sys.executable, "-c", GUARD, json.dumps(sorted(allowed_modules())), str(log), *args],
+    allowed = json.dumps(sorted(allowed_modules()))
+    proc = subprocess.run([sys.executable, "-c", GUARD, allowed, str(log), *args],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     blocked = set(log.read_text().split()) if log.exists() else set()
     return proc, blocked
@@ -105,8 +106,9 @@ def test_default_job_runs_with_declared_dependencies_only(tmp_path):
 
 @pytest.mark.slow
 def test_toy_job_writes_its_metrics_without_matplotlib(tmp_path):
-    proc, _ = run_clean(tmp_path, "train", "--preset", "toy-2d", "--steps", "20", "--set", "logging.progress=false",
-                        "--set", "network.kwargs={hidden: 32, depth: 2}", "--set", "data.num_points=512")
+    proc, _ = run_clean(tmp_path, "train", "--preset", "toy-2d", "--steps", "20",
+                        "--set", "logging.progress=false", "--set", "network.kwargs={hidden: 32, depth: 2}",
+                        "--set", "data.num_points=512")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = next((tmp_path / "runs").iterdir())
     assert json.loads((run / "metrics.json").read_text())["sliced_wasserstein"] > 0

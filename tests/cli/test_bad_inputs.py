@@ -220,8 +220,6 @@ def test_checkpoint_truncated(ckpt, tmp_path, capsys):
     assert _files(tmp_path) == [bad.name]
 
 
-@pytest.mark.xfail(strict=False, reason="the message comes from meanflow.training.checkpoint (not this "
-                   "change): it passes on safetensors' 'incomplete metadata, file not fully covered'")
 def test_checkpoint_truncated_says_truncated(ckpt, tmp_path, capsys):
     bad = _half(ckpt, tmp_path)
     _fails(capsys, ["sample", bad, "--out", tmp_path / "s"], "truncated", after=bad)

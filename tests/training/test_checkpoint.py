@@ -112,9 +112,9 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path, content, message):
 def test_truncated_checkpoint(tmp_path):
     path = _save(tmp_path, 3, *_parts())
     data = path.read_bytes()
-    for cut in (5, 40, len(data) // 2, len(data) - 1):
+    for cut in (12, 40, len(data) // 2, len(data) - 1):
         path.write_bytes(data[:cut])
-        with pytest.raises(UserError, match="truncated|not a safetensors|cannot read checkpoint"):
+        with pytest.raises(UserError, match="is truncated"):
             ck.Checkpoint(path)
 
 
