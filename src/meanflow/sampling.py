@@ -133,31 +133,6 @@ def _first_line(exc: BaseException) -> str:
     return text[:300] if text else type(exc).__name__
 
 
-def _check_weights(path: Path, prefix: str, weights: dict[str, torch.Tensor],
-                   ref: dict[str, torch.Tensor]) -> None:
-    """UserError naming the first missing / unexpected / mis-shaped tensor of a checkpoint's weights."""
-    bad = f"checkpoint {path} does not match its config"
-    if not weights:
-        raise UserError(f"{bad}: it holds no {prefix}* tensors")
-    missing = [k for k in ref if k not in weights]
-    unexpected = [k for k in weights if k not in ref]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            parts.append(f"missing {prefix}{missing[0]}{more}")
-        if unexpected:
-            more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-            parts.append(f"unexpected {prefix}{unexpected[0]}{more}")
-        raise UserError(f"{bad}: " + ", ".join(parts))
-    for k, v in ref.items():
-        if tuple(weights[k].shape) != tuple(v.shape):
-            raise UserError(f"{bad}: {prefix}{k} has shape {list(weights[k].shape)}, "
-                            f"the network expects {list(v.shape)}")
-        if v.is_floating_point() and not weights[k].is_floating_point():
-            raise UserError(f"{bad}: {prefix}{k} has dtype {weights[k].dtype}, expected floating point")
-
-
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
     """Load a trained generator from a run folder (newest checkpoint) or a checkpoint file.
 
@@ -187,14 +162,13 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     choice = parse_ema(ema)
     if choice == "default":
         choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
-    weights = ckpt.model() if choice is None else ckpt.ema(choice)
-    prefix = "model/" if choice is None else f"ema/{float(choice)!r}/"
-    ref = net.state_dict()
-    _check_weights(ckpt.path, prefix, weights, ref)
-    try:
-        net.load_state_dict({k: weights[k].to(ref[k].dtype) for k in ref})
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise UserError(f"checkpoint {ckpt.path} does not match its config: {_first_line(e)}") from e
+    if choice is not None and float(choice) not in ckpt.ema_decays:
+        ckpt.ema(choice)  # the UserError listing the decays the checkpoint has
+    ckpt.load_into(net, "model/" if choice is None else f"ema/{float(choice)!r}/")
+    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): it cannot produce samples")
     net.to(device).eval().requires_grad_(False)
     net.meanflow_shape = shape
     net.meanflow_num_classes = classes

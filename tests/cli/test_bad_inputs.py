@@ -248,6 +248,19 @@ def test_checkpoint_wrong_shapes(ckpt, tmp_path, capsys):
     assert _files(tmp_path) == ["wide.safetensors"]
 
 
+def test_checkpoint_with_non_finite_weights(ckpt, tmp_path, capsys):
+    """Not black images with exit 0: a checkpoint holding NaN weights (an old diverged run, a crafted
+    file; training itself never writes one) is refused."""
+    def poison(name, v):
+        return torch.full_like(v, float("nan")) if name == "ema/0.999/out.weight" else v
+
+    bad = _rewrite(ckpt, tmp_path / "nan.safetensors", change=poison)
+    _fails(capsys, ["sample", bad, "--out", tmp_path / "s"], "holds non-finite weights (out.weight)",
+           "cannot produce samples", after=bad)
+    assert _files(tmp_path) == ["nan.safetensors"]
+    assert main(["sample", str(bad), "--ema", "raw", "--out", str(tmp_path / "s"), "-n", "4"]) == 0
+
+
 # ------------------------------------------------------------------------------------------------------
 # eval --out / ref-stats --out
 

@@ -200,9 +200,9 @@ class Checkpoint:
         names = set(names)
         if have != names:
             miss, extra = sorted(names - have), sorted(have - names)
-            what = (f"missing {prefix}{miss[0]}" + (f" and {len(miss) - 1} more" if len(miss) > 1 else "")
+            what = (f"missing {prefix}{miss[0]}" + (f" (and {len(miss) - 1} more)" if len(miss) > 1 else "")
                     if miss else f"unexpected {prefix}{extra[0]}")
-            raise UserError(f"checkpoint {self.path} does not match its network: {what}")
+            raise UserError(f"checkpoint {self.path} does not match its config: {what}")
 
     def _group_raw(self, prefix: str) -> dict[str, torch.Tensor]:
         """Tensors whose name starts with `prefix`, read lazily (sampling never loads the optimizer)."""
@@ -229,13 +229,16 @@ class Checkpoint:
 
     def load_into(self, net, prefix: str = "model/") -> None:
         """Load the group `prefix` (`model/` or `ema/<decay>/`) into `net`, after checking that the
-        names and shapes match; a mismatch is a UserError naming the first difference."""
+        names, shapes and kinds match; a mismatch is a UserError naming the first difference."""
         self.require(prefix, net.state_dict().keys())
         tensors = self._group(prefix)
         for k, ref in net.state_dict().items():
+            bad = f"checkpoint {self.path} does not match its config: {prefix}{k}"
             if tensors[k].shape != ref.shape:
-                raise UserError(f"checkpoint {self.path} does not match its network: {prefix}{k} has shape "
-                                f"{list(tensors[k].shape)}, the network {list(ref.shape)}")
+                raise UserError(f"{bad} has shape {list(tensors[k].shape)}, "
+                                f"the network expects {list(ref.shape)}")
+            if ref.is_floating_point() and not tensors[k].is_floating_point():
+                raise UserError(f"{bad} has dtype {tensors[k].dtype}, expected floating point")
         net.load_state_dict({k: tensors[k].to(ref.dtype) for k, ref in net.state_dict().items()})
 
     def ema(self, decay: float) -> dict[str, torch.Tensor]:
