@@ -407,7 +407,9 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     step = start
     stopped = False
     net.train()
-    with _StopFlag() as flag:
+    # The bar is closed (its line ended) before any error message is printed.
+    closing = contextlib.closing(bar) if bar is not None else contextlib.nullcontext()
+    with _StopFlag() as flag, closing:
         while step < total:
             torch.manual_seed(step_seed(tc.seed, info.rank, step))
             lr = lr_at(step, tc.lr, warmup)
@@ -486,8 +488,6 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             if stop and step < total:
                 stopped = True
                 break
-    if bar is not None:
-        bar.close()
 
     if stopped:
         if info.is_main:
