@@ -17,11 +17,10 @@ After every trial the finished run must match the reference:
   the reference's steps, and (but ``sec_per_step``) the reference's values;
 * ``tmp-ckpt``: no hidden / temp file is left in ``checkpoints/``;
 * ``tmp-run``:  none anywhere else in the run folder;
-* ``final``:    the last process ended normally (or refused a run that was already complete) and the
-  newest checkpoint is at the last step.
-
-Missing final outputs (``samples.png``, ``loss.png``, ``metrics.json``) of a run killed after its last
-checkpoint are reported, not failed: ``--resume`` has nothing left to train there.
+* ``final``:    the last process ended normally (exit 0) and the newest checkpoint is at the last step;
+* ``outputs``:  ``samples.png``, ``loss.png`` and ``metrics.json`` exist and the log holds the end-of-run
+  evaluation record exactly once (a run killed after its last checkpoint is resumed too: ``--resume``
+  of a checkpoint at the last step writes the final outputs only).
 
 Sampling trials kill ``meanflow sample RUN -n 256 --out D/s`` at random moments; ``D/s.npz`` and
 ``D/s.png`` must then each be absent or complete (loadable and equal to an uninterrupted sample).
@@ -64,7 +63,7 @@ POLL_S = 0.002
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 RUN_RE = re.compile(r"^\d{5,}-")
 PHASES = ("before 1st ckpt", "training", "ckpt write", "final phase", "after completion")
-CHECKS = ("final", "weights", "log", "tmp-ckpt", "tmp-run")
+CHECKS = ("final", "weights", "log", "tmp-ckpt", "tmp-run", "outputs")
 # Modes of the first kill, cycled over the trials (their moments are drawn from the RNG).
 FIRST_MODES = ("mid-step", "ckpt-write", "uniform", "final", "ckpt-write", "early", "uniform", "exit")
 SECOND_MODES = ("mid-step", "ckpt-write", "uniform")
@@ -230,8 +229,9 @@ def is_eval(rec: dict) -> bool:
 
 def missing_outputs(run_dir: Path) -> list[str]:
     miss = [n for n in ("samples.png", "loss.png", "metrics.json") if not (run_dir / n).is_file()]
-    if not any(is_eval(r) for r in read_log(run_dir)[0]):
-        miss.append("eval record")
+    evals = sum(is_eval(r) for r in read_log(run_dir)[0])
+    if evals != 1:
+        miss.append(f"{evals} eval records")
     return miss
 
 
@@ -500,7 +500,6 @@ class TrialResult:
     second_phase: str = ""
     resumes: int = 0
     fresh: int = 0
-    refused: bool = False  # the last --resume found the run complete ("nothing to do")
     start_step: int = 0  # the checkpoint step the (first) continuation started from
     failures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -569,13 +568,12 @@ def run_trial(ctx: Context, spec: TrialSpec) -> TrialResult:
         if outcome == "timeout" or rc is None:
             res.failures["final"] = f"process {k} timed out after {ctx.timeout:.0f} s"
             break
-    res.refused = rc != 0 and "nothing to do" in text
-    if "final" not in res.failures and rc != 0 and not res.refused:
+    if "final" not in res.failures and rc != 0:
         tail = " | ".join(text.strip().splitlines()[-2:])
         res.failures["final"] = f"last process exited {rc}: {tail[-200:]}"
     res.failures.update(check_run(run_dir, ref))
     if run_dir is not None and (miss := missing_outputs(run_dir)):
-        res.notes.append("missing " + ", ".join(miss))
+        res.failures["outputs"] = "missing " + ", ".join(miss)
     res.seconds = time.monotonic() - t0
     return res
 
@@ -761,12 +759,10 @@ def phase_table(results: list[TrialResult]) -> str:
         fails = {c: sum(c in r.failures for r in rs) for c in CHECKS}
         rows.append([phase, str(len(rs)), str(sum(r.resumes > 0 and r.fresh == 0 for r in rs)),
                      str(sum(r.fresh > 0 for r in rs)), str(sum(r.spec.second is not None for r in rs)),
-                     str(sum(r.refused for r in rs)), str(sum(r.ok for r in rs)),
-                     str(sum(not r.ok for r in rs)),
-                     " ".join(f"{c}x{n}" for c, n in fails.items() if n) or "-",
-                     str(sum(bool(r.notes) for r in rs))])
-    return table(rows, ["phase killed in", "trials", "resumed", "fresh restart", "2nd kill",
-                        "resume refused (complete)", "pass", "fail", "failed checks", "outputs missing"])
+                     str(sum(r.ok for r in rs)), str(sum(not r.ok for r in rs)),
+                     " ".join(f"{c}x{n}" for c, n in fails.items() if n) or "-"])
+    return table(rows, ["phase killed in", "trials", "resumed", "fresh restart", "2nd kill", "pass", "fail",
+                        "failed checks"])
 
 
 def trial_lines(results: list[TrialResult]) -> str:

@@ -42,6 +42,9 @@ def outcome(fi, tmp_path_factory):
         "ckpt-write": lambda: fi.run_trial(ctx, fi.TrialSpec(0, fi.KillSpec("ckpt-write", step=20))),
         # 0.3 s after launch, still importing: no checkpoint, restart from scratch in a new folder
         "early": lambda: fi.run_trial(ctx, fi.TrialSpec(2, fi.KillSpec("early", u=0.0))),
+        # right after the last checkpoint, before samples.png / metrics.json / loss.png: the resume
+        # writes the final outputs only
+        "final": lambda: fi.run_trial(ctx, fi.TrialSpec(3, fi.KillSpec("final", u=0.0))),
         "sampling": sampling,
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -73,6 +76,12 @@ def test_kill_inside_a_step_and_again_during_the_resume(outcome):
 def test_kill_before_the_first_checkpoint_restarts_fresh(outcome):
     r = outcome["early"]
     assert r.phase == "before 1st ckpt" and r.fresh == 1 and r.resumes == 0, _explain(r)
+    assert r.ok, _explain(r)
+
+
+def test_kill_after_the_last_checkpoint_then_resume_writes_the_outputs(outcome):
+    r = outcome["final"]
+    assert r.phase == "final phase" and r.resumes == 1 and r.start_step == STEPS, _explain(r)
     assert r.ok, _explain(r)
 
 

@@ -41,3 +41,21 @@ def test_truncate_log_keeps_records_up_to_the_checkpoint(tmp_path):
     assert log.read_text().splitlines() == lines[:2]
     loop._truncate_log(log, 20)  # nothing to drop: untouched
     assert log.read_text().splitlines() == lines[:2]
+
+
+def test_resume_at_the_last_step_writes_the_final_outputs(tmp_path):
+    """A run killed after its last checkpoint but before samples.png / metrics.json / loss.png: resuming
+    writes them (once in the log), and trains nothing."""
+    cfg = tiny_toy(tmp_path)
+    run = loop.train(cfg, echo=lambda s: None)
+    before = (run / "log.jsonl").read_text()
+    ckpt = list_checkpoints(run)[-1].read_bytes()
+    for name in ("samples.png", "metrics.json", "loss.png"):
+        (run / name).unlink()
+    said = []
+    assert loop.train(cfg, resume=run, echo=said.append) == run
+    assert any("writing the final outputs only" in s for s in said)
+    for name in ("samples.png", "metrics.json", "loss.png"):
+        assert (run / name).is_file(), name
+    assert (run / "log.jsonl").read_text() == before  # same records, the evaluation once
+    assert list_checkpoints(run)[-1].read_bytes() == ckpt

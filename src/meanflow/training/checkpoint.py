@@ -27,8 +27,10 @@ from safetensors.torch import safe_open, save_file
 from meanflow.errors import UserError
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
-# Temporary files of an interrupted atomic write (`.<name>.tmp<pid>`), in a run folder or below.
+# Temporary files of an interrupted atomic write (`.<name>.tmp<pid>[.ext]`), in a run folder or below,
+# and safetensors' own temp files (`.tmpXXXXXX`, renamed to ours once complete) in checkpoints/.
 TEMP_RE = re.compile(r"^\..+\.tmp\d+(\.[a-z]+)?$")
+LIBRARY_TEMP_RE = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$")
 FORMAT = "meanflow-checkpoint-v1"
 
 
@@ -100,6 +102,8 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:  # on disk before it gets the final name (power loss, not only kill)
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -153,7 +157,8 @@ def remove_stale_temps(run_dir: str | Path) -> list[Path]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if TEMP_RE.match(p.name) and p.is_file():
+            ours = TEMP_RE.match(p.name) or (folder.name == "checkpoints" and LIBRARY_TEMP_RE.match(p.name))
+            if ours and p.is_file():
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

@@ -146,20 +146,21 @@ class _Logger:
     """Scalars to JSONL (and TensorBoard when installed), rank 0 only.
 
     Resuming from step `start` first drops the records past `start` that the interrupted run wrote
-    after its last checkpoint (JSONL rewritten atomically; TensorBoard through `purge_step`), so the
+    after its last checkpoint (with `final`, a run that only redoes its final phase, also the end-of-run
+    evaluation records at `start`) (JSONL rewritten atomically; TensorBoard through `purge_step`), so the
     log holds every step once.
     """
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool, start: int = 0) -> None:
+    def __init__(self, run_dir: Path | None, tensorboard: bool, start: int = 0, final: bool = False) -> None:
         self.path = None if run_dir is None else run_dir / "log.jsonl"
         self.tb = None
         if self.path is not None and start > 0:
-            _truncate_log(self.path, start)
+            _truncate_log(self.path, start, drop_evals=final)
         if run_dir is not None and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start or None)
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
             except Exception:  # tensorboard not installed: JSONL only
                 self.tb = None
 
@@ -181,8 +182,9 @@ class _Logger:
             self.tb.close()
 
 
-def _truncate_log(path: Path, start: int) -> None:
-    """Keep the records of `path` up to step `start` (and drop a torn last line)."""
+def _truncate_log(path: Path, start: int, drop_evals: bool = False) -> None:
+    """Keep the records of `path` up to step `start` (and drop a torn last line); with `drop_evals`,
+    drop the `eval/` records at step `start` too."""
     if not path.is_file():
         return
     keep, dropped = [], False
@@ -192,7 +194,9 @@ def _truncate_log(path: Path, start: int) -> None:
         except json.JSONDecodeError:
             dropped = True
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > start:
+        step = rec.get("step") if isinstance(rec, dict) else None
+        is_eval = isinstance(rec, dict) and any(str(k).startswith("eval/") for k in rec)
+        if isinstance(step, int) and (step > start or (drop_evals and step == start and is_eval)):
             dropped = True
             continue
         keep.append(line)
@@ -313,9 +317,9 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         loader.load_state_dict(ckpt.state["sampler"])
         start = ckpt.step
         ema.num_updates = start
-        if start >= total:
-            raise UserError(f"checkpoint is at step {start}, the run ends at step {total}: nothing to do "
-                            "(raise training.steps to train longer)")
+        if start > total:
+            raise UserError(f"checkpoint is at step {start}, past the end of the run (step {total}): "
+                            "raise training.steps to train longer")
     is_image = len(parts.shape) == 3
     augment = build_augment(cfg)
     if augment is not None and not is_image:
@@ -334,7 +338,10 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         echo(f"{n_data} training samples of shape {list(parts.shape)}, {parts.classes} classes; "
              f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters; "
              f"{world} process(es) on {device.type}; steps {start} -> {total}")
-    logger = _Logger(run_dir, lc.tensorboard, start)
+    logger = _Logger(run_dir, lc.tensorboard, start, final=start == total)
+    if info.is_main and start == total:
+        echo(f"checkpoint is at the last step ({total}): writing the final outputs only (raise "
+             "training.steps to train longer)")
 
     ddp_net = distributed.wrap(net, info, device)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import zipfile
 import zlib
@@ -46,6 +47,26 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temps(final: Path) -> None:
+    """Delete the temps of `final` left by processes that no longer run (a `kill -9` mid-write)."""
+    pattern = re.compile(rf"^\.{re.escape(final.stem)}\.tmp(\d+){re.escape(final.suffix)}$")
+    with contextlib.suppress(OSError):
+        for p in final.parent.iterdir():
+            m = pattern.match(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                p.unlink(missing_ok=True)
+
+
 class AtomicFiles:
     """Output files written as temps beside their final names and moved into place by :meth:`commit`.
 
@@ -59,6 +80,7 @@ class AtomicFiles:
     def tmp(self, final: str | os.PathLike) -> Path:
         final = Path(final)
         self.current = final
+        remove_dead_temps(final)
         tmp = _tmp_name(final)
         self.pending.append((tmp, final))
         return tmp
