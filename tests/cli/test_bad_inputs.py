@@ -10,24 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_testkit import TINY, CheapFeatures
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
-from meanflow.cli import evaluate as evaluate_cli
 from meanflow.cli import main
-
-TINY = ["--set", "network={name: mlp, kwargs: {hidden: 16, depth: 1}}", "--steps", "3", "--batch-size", "16",
-        "--set", "logging.progress=false", "--set", "logging.tensorboard=false",
-        "--set", "logging.sample_count=16", "--set", "training.num_threads=1"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +25,6 @@ def ckpt(tmp_path_factory):
     assert main(["train", "--out-dir", str(runs), *TINY]) == 0
     (path,) = runs.glob("*/checkpoints/ckpt-*.safetensors")
     return path
-
-
-class CheapFeatures(nn.Module):
-    """Stand-in for the Inception network: [B, 3, H, W] uint8 -> [B, 6]."""
-
-    has_classifier = False
-
-    def forward(self, x):
-        f = x.float() / 255
-        return torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], 1)
-
-
-@pytest.fixture
-def cheap_model(monkeypatch):
-    monkeypatch.setattr(evaluate_cli, "load_feature_model", lambda args: CheapFeatures())
 
 
 class Touch:

@@ -5,21 +5,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from cli_testkit import TINY
 
 from meanflow.cli import main
 from meanflow.training.presets import PRESETS
-
-TINY = ["--set", "network={name: mlp, kwargs: {hidden: 16, depth: 1}}", "--steps", "3", "--batch-size", "16",
-        "--set", "logging.progress=false", "--set", "logging.tensorboard=false",
-        "--set", "logging.sample_count=16", "--set", "training.num_threads=1"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _one_line_error(capsys, code):

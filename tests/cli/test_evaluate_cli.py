@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from fake_datasets import patch_build_dataset
-from torch import nn
 
 from meanflow.cli import evaluate as evaluate_cli
 from meanflow.errors import UserError
@@ -23,21 +22,6 @@ def run(argv):
     evaluate_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-class CheapFeatures(nn.Module):
-    """Stand-in for the Inception network in the CLI plumbing tests: [B, 3, H, W] uint8 -> [B, 6]."""
-
-    has_classifier = False
-
-    def forward(self, x):
-        f = x.float() / 255
-        return torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], 1)
-
-
-@pytest.fixture
-def cheap_model(monkeypatch):
-    monkeypatch.setattr(evaluate_cli, "load_feature_model", lambda args: CheapFeatures())
 
 
 def _images(n, size=8, channels=3, seed=0, high=200):

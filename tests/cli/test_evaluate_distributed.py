@@ -7,7 +7,8 @@ import socket
 import numpy as np
 import pytest
 import torch.multiprocessing as mp
-from test_evaluate_cli import CheapFeatures, run
+from cli_testkit import CheapFeatures
+from test_evaluate_cli import run
 
 from meanflow.cli import evaluate as evaluate_cli
 from meanflow.cli import main
