@@ -37,7 +37,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="meanflow", description="One-step generative modelling with MeanFlow.")
+    parser = Parser(prog="meanflow", description="One-step generative modelling with MeanFlow.",
+                    epilog="exit status: 0 done; 2 bad input or a file-system failure (one line "
+                           "'meanflow: error: ...'); 3 training stopped by a non-finite loss or gradient "
+                           "(training.on_nonfinite); 130 interrupted")
     from meanflow import __version__
 
     parser.add_argument("--version", action="version", version=f"meanflow {__version__}")

@@ -24,7 +24,7 @@ FLAGS = {
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a model (default: one-step MeanFlow on 8x8 digits, ~5 min on a CPU)",
+        "train", help="train a model (default: one-step MeanFlow on 8x8 digits, 3.5-6 min on 2 CPU cores)",
         description="Train a model. Layers: defaults <- --preset <- --config YAML <- --set KEY=VALUE <- "
                     "explicit flags. Same command alone or under torchrun.")
     p.add_argument("--preset", default=None, help="named preset (see `meanflow presets`; default: digits)")

@@ -104,9 +104,9 @@ _TOY = {
 }
 
 PRESETS: dict[str, Preset] = {
-    "digits": Preset("default CPU job: 1-step MeanFlow on sklearn 8x8 digits (1,797), MLP, ~5 min on 2 cores",
-                     _DIGITS),
-    "mnist": Preset("CPU: class-conditional 1-step MeanFlow on MNIST 28x28, 16-ch U-Net, ~45 min on 2 cores",
+    "digits": Preset("default CPU job: 1-step MeanFlow on sklearn 8x8 digits (1,797), MLP, "
+                     "3.5-6 min on 2 cores", _DIGITS),
+    "mnist": Preset("CPU: class-conditional 1-step MeanFlow on MNIST 28x28, 16-ch U-Net, 1-1.7 h on 2 cores",
                     _MNIST),
     "fashion-mnist": Preset("CPU: as mnist on Fashion-MNIST", _FASHION),
     "toy-2d": Preset("CPU: MeanFlow with an MLP on the 2-D checkerboard; reports sliced Wasserstein / energy",
