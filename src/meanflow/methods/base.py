@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +33,46 @@ class LossOutput:
     metrics: dict[str, float | Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when a loss is computed (the `progress` context keyword).
+
+    Attributes:
+        step: optimizer steps already taken (0 for the first step of a run).
+        total: optimizer steps of the whole run.
+    """
+
+    step: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """``step / total`` in [0, 1)."""
+        return self.step / max(self.total, 1)
+
+
+CONTEXT_KEYS = ("progress", "target", "teacher")
+"""Training context a method may declare in :attr:`Method.needs`; the loop passes exactly those as
+keywords to :meth:`Method.loss`:
+
+* ``progress``: a :class:`Progress` (curricula such as consistency training's N(k));
+* ``target``: a copy of the network the loop keeps out of the optimizer, updated after every
+  optimizer step as ``target <- d * target + (1 - d) * net`` with ``d = method.target_decay(progress)``,
+  checkpointed and resumed with the weights;
+* ``teacher``: a frozen network loaded from the checkpoint named by ``training.teacher``.
+"""
+
+
 class Method(abc.ABC):
     """Base of all methods: hyper-parameters in, a loss and a sampler out."""
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """The training context (a subset of :data:`CONTEXT_KEYS`) that :meth:`loss` takes as keywords."""
+
+    def target_decay(self, progress: Progress) -> float:
+        """EMA decay of the target network after the step described by `progress` (methods whose
+        :attr:`needs` holds ``"target"``; 0 makes the target a copy of the online network)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no target network")
 
     @abc.abstractmethod
     def loss(

@@ -5,6 +5,7 @@ File `checkpoints/ckpt-0001000.safetensors` holds the tensors under prefixes
     model/<name>            raw weights (the network's state_dict)
     ema/<decay>/<name>      one set per EMA decay
     optim/<i>/<key>         optimizer state tensors of parameter i (exp_avg, exp_avg_sq, step)
+    target/<name>           the target network of a method that declares one (meanflow.training.target)
 
 and, in the safetensors metadata (str -> str), JSON documents: `config` (the resolved config),
 `state` (step, optimizer param groups and non-tensor state, data sampler state, seed, world size).
@@ -85,11 +86,14 @@ def _optim_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
                     ema: dict[float, dict[str, torch.Tensor]], optimizer: dict | None,
-                    config: dict, state: dict) -> Path:
-    """Write one checkpoint file atomically. `optimizer` is `optimizer.state_dict()`."""
+                    config: dict, state: dict, target: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write one checkpoint file atomically. `optimizer` is `optimizer.state_dict()`; `target` the
+    target network's state_dict (methods with a target network)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.items()}
+    if target is not None:
+        tensors.update({f"target/{k}": v.detach().cpu().contiguous() for k, v in target.items()})
     for d, sd in ema.items():
         tensors.update({f"ema/{d!r}/{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
     state = dict(state)
@@ -98,6 +102,7 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
         tensors.update(opt_tensors)
         state["optimizer"] = opt_meta
     state["ema_decays"] = [float(d) for d in ema]
+    state["has_target"] = target is not None
     metadata = {"format": FORMAT, "config": json.dumps(config), "state": json.dumps(state)}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -190,8 +195,9 @@ class Checkpoint:
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot read checkpoint {self.path}: {msg}") from None
-        missing = [g for g in ("model/", *(f"ema/{d!r}/" for d in self.ema_decays))
-                   if not any(k.startswith(g) for k in self._keys)]
+        groups = ["model/", *(f"ema/{d!r}/" for d in self.ema_decays)]
+        groups += ["target/"] if self.state.get("has_target") else []
+        missing = [g for g in groups if not any(k.startswith(g) for k in self._keys)]
         has_optim = any(k.startswith("optim/") for k in self._keys)
         if "optimizer" in self.state and self.step > 0 and not has_optim:
             missing.append("optim/")

@@ -220,6 +220,11 @@ class TrainingConfig:
     'skip': drop that step and go on (see max_nonfinite_skips)."""
     max_nonfinite_skips: int = 10
     """With on_nonfinite='skip': stop once more than this many consecutive steps were skipped."""
+    teacher: str | None = None
+    """Run folder or checkpoint of the frozen teacher network, for methods that need one (e.g.
+    distillation); the network is built from that run's own config."""
+    teacher_ema: float | str | None = None
+    """Which weights of the teacher: None (its first EMA), a decay such as 0.9999, or 'raw'."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"training.batch_size must be > 0, got {self.batch_size}")

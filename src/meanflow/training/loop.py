@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from meanflow.errors import UserError
+from meanflow.methods.base import CONTEXT_KEYS, Progress
 from meanflow.training import distributed
 from meanflow.training.build import (
     build_augment,
@@ -48,6 +49,7 @@ from meanflow.training.ema import EMA
 from meanflow.training.nonfinite import NonFiniteGuard
 from meanflow.training.rundir import next_run_dir
 from meanflow.training.schedule import lr_at, step_seed
+from meanflow.training.target import TargetNetwork
 
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
@@ -182,6 +184,32 @@ class _Logger:
             self.tb.close()
 
 
+def _method_needs(method) -> frozenset[str]:
+    """The training context `method` declares (see `meanflow.methods.base.CONTEXT_KEYS`)."""
+    needs = frozenset(getattr(method, "needs", ()))
+    unknown = sorted(needs - set(CONTEXT_KEYS))
+    if unknown:
+        raise UserError(f"method {type(method).__name__} needs unknown training context {unknown} "
+                        f"(known: {', '.join(CONTEXT_KEYS)})")
+    return needs
+
+
+def _context(needs: frozenset[str], progress: Progress, target, teacher) -> dict[str, Any]:
+    """The keywords of `method.loss` beyond the batch: exactly what the method declared."""
+    have = {"progress": progress, "target": None if target is None else target.net, "teacher": teacher}
+    return {k: have[k] for k in needs}
+
+
+def _load_teacher(cfg: Config, method, device: torch.device) -> nn.Module:
+    """The frozen teacher network of `training.teacher` (built from the teacher run's own config)."""
+    if not cfg.training.teacher:
+        raise UserError(f"method {cfg.method.name} needs a teacher: set training.teacher=RUN_OR_CHECKPOINT")
+    from meanflow.sampling import load_generator
+
+    _, teacher, _ = load_generator(cfg.training.teacher, ema=cfg.training.teacher_ema, device=device)
+    return teacher
+
+
 def _truncate_log(path: Path, start: int, drop_evals: bool = False) -> None:
     """Keep the records of `path` up to step `start` (and drop a torn last line); with `drop_evals`,
     drop the `eval/` records at step `start` too."""
@@ -302,9 +330,14 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     net = parts.net.to(device)
     optimizer = build_optimizer(net, tc)
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
+    needs = _method_needs(parts.method)
+    target = TargetNetwork(net) if "target" in needs else None
+    teacher = _load_teacher(cfg, parts.method, device) if "teacher" in needs else None
     start = 0
     if ckpt is not None:
         ckpt.load_into(net)
+        if target is not None:
+            ckpt.load_into(target.net, "target/")
         for d in tc.ema_decays:
             ckpt.require(f"ema/{float(d)!r}/", ema.state(d).keys())
             ema.load(d, ckpt.ema(d))
@@ -362,7 +395,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         path = checkpoint_path(run_dir, step)
         try:
             save_checkpoint(path, model=net.state_dict(), ema=ema.shadows, optimizer=optimizer.state_dict(),
-                            config=config_to_dict(cfg), state=state)
+                            config=config_to_dict(cfg), state=state,
+                            target=None if target is None else target.state_dict())
         except OSError as e:
             kept = f"; the previous checkpoint {last_ckpt[0]} is intact" if last_ckpt[0] else ""
             raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}{kept}") from None
@@ -440,9 +474,10 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                     "net_kwargs": {"augment_labels": aug_all[i * micro:(i + 1) * micro]}}
                 last = i == tc.grad_accum - 1
                 sync = contextlib.nullcontext() if (last or ddp_net is net) else ddp_net.no_sync()
+                context = _context(needs, Progress(step, total), target, teacher)
                 with sync:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        out = parts.method.loss(ddp_net, x, y, **extra)
+                        out = parts.method.loss(ddp_net, x, y, **extra, **context)
                     (out.loss / tc.grad_accum).backward()
                 loss_sum = loss_sum + out.loss.detach().float()
                 for k, v in out.metrics.items():
@@ -458,6 +493,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             optimizer_step(optimizer, skip)
             optimizer.zero_grad(set_to_none=True)
             ema.update(net, skip)
+            if target is not None:
+                target.update(net, parts.method.target_decay(Progress(step, total)), skip)
             step += 1
             count += 1
             ok = 1.0 - skip

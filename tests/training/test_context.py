@@ -1,0 +1,117 @@
+"""The training context a method declares (`needs`): progress, a target network, a frozen teacher.
+The loop passes exactly what was declared, keeps the target network beside the weights (checkpointed,
+resumed bit for bit) and never trains the teacher. Methods that declare nothing get nothing."""
+
+import dataclasses
+
+import pytest
+import torch
+from training_configs import checkpoint_tensors, tiny_toy
+
+from meanflow.errors import UserError
+from meanflow.methods.base import Progress
+from meanflow.training import loop
+from meanflow.training.checkpoint import Checkpoint
+from meanflow.training.target import TargetNetwork
+
+
+class WithContext:
+    """Wraps a real method; declares `needs`, records what the loop passed, and (with a target) adds a
+    term that pulls the online net towards the target's output, so the target matters for the weights."""
+
+    def __init__(self, method, needs, decays=(0.5, 0.9)):
+        self.method, self.needs, self.decays, self.seen = method, frozenset(needs), decays, []
+
+    def __getattr__(self, name):
+        return getattr(self.method, name)
+
+    def target_decay(self, progress):
+        return self.decays[0] if progress.step < 3 else self.decays[1]
+
+    def loss(self, net, x, y=None, **context):
+        self.seen.append(context)
+        out = self.method.loss(net, x, y)
+        if "target" in context:
+            z = torch.randn_like(x)
+            t = torch.rand(x.shape[0])
+            h = torch.zeros_like(t)
+            with torch.no_grad():
+                goal = context["target"](z, t, h)
+            out = dataclasses.replace(out, loss=out.loss + 0.1 * (net(z, t, h) - goal).square().mean())
+        if "teacher" in context:
+            assert not any(p.requires_grad for p in context["teacher"].parameters())
+        return out
+
+
+def _parts(cfg, needs, **kw):
+    parts = loop.build_parts(cfg)
+    parts.method = WithContext(parts.method, needs, **kw)
+    return parts
+
+
+def test_progress_counts_the_optimizer_steps(tmp_path):
+    cfg = tiny_toy(tmp_path, "training.grad_accum=2")
+    parts = _parts(cfg, {"progress"})
+    loop.train(cfg, parts=parts, echo=lambda s: None)
+    assert [c["progress"] for c in parts.method.seen] == [Progress(s, 6) for s in range(6) for _ in range(2)]
+    assert all(set(c) == {"progress"} for c in parts.method.seen)
+
+
+def test_methods_without_needs_get_no_context(tmp_path):
+    cfg = tiny_toy(tmp_path)
+    parts = _parts(cfg, set())
+    loop.train(cfg, parts=parts, echo=lambda s: None)
+    assert parts.method.seen == [{}] * 6
+
+
+def test_target_follows_the_declared_decay():
+    torch.manual_seed(0)
+    online = torch.nn.Linear(3, 2)
+    target = TargetNetwork(online)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    target.update(online, 0.75)
+    assert torch.allclose(target.net.weight, 0.75 * before["weight"] + 0.25 * online.weight)
+    assert not any(p.requires_grad for p in target.net.parameters())
+    target.update(online, 0.0, skip=torch.tensor(1.0))  # a skipped step leaves it as it is
+    assert torch.allclose(target.net.weight, 0.75 * before["weight"] + 0.25 * online.weight)
+    target.update(online, 0.0)
+    assert torch.equal(target.net.weight, online.weight)
+
+
+def test_target_is_checkpointed_and_resumed_bit_identically(tmp_path):
+    cfg = tiny_toy(tmp_path, "training.steps=7")
+    full = loop.train(cfg, parts=_parts(cfg, {"progress", "target"}), echo=lambda s: None)
+    part = loop.train(cfg, parts=_parts(cfg, {"progress", "target"}), stop_at=3, echo=lambda s: None)
+    resumed = loop.train(cfg, parts=_parts(cfg, {"progress", "target"}), resume=part, echo=lambda s: None)
+    (_, a), (_, b) = checkpoint_tensors(full), checkpoint_tensors(resumed)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    ta, tb = Checkpoint(full)._group("target/"), Checkpoint(resumed)._group("target/")
+    assert ta and set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    model = Checkpoint(full).model()
+    assert not all(torch.equal(ta[k], model[k]) for k in ta)  # an average, not a copy
+    # a different decay schedule gives a different run: the target takes part in training
+    other = loop.train(cfg, parts=_parts(cfg, {"target"}, decays=(0.0, 0.0)), echo=lambda s: None)
+    assert not torch.equal(Checkpoint(other).model()["out.weight"], model["out.weight"])
+
+
+def test_teacher_is_loaded_frozen_and_required(tmp_path):
+    teacher_run = loop.train(tiny_toy(tmp_path), echo=lambda s: None)
+    before = Checkpoint(teacher_run).ema(0.9)
+    cfg = tiny_toy(tmp_path, f"training.teacher={teacher_run}", "training.teacher_ema=0.9")
+    parts = _parts(cfg, {"teacher"})
+    loop.train(cfg, parts=parts, echo=lambda s: None)
+    teachers = {id(c["teacher"]) for c in parts.method.seen}
+    assert len(teachers) == 1  # one network, loaded once
+    t = parts.method.seen[0]["teacher"]
+    assert all(torch.equal(v, before[k]) for k, v in t.state_dict().items())  # unchanged by training
+    with pytest.raises(UserError, match="needs a teacher: set training.teacher"):
+        loop.train(tiny_toy(tmp_path), parts=_parts(tiny_toy(tmp_path), {"teacher"}), echo=lambda s: None)
+
+
+def test_unknown_context_is_refused(tmp_path):
+    cfg = tiny_toy(tmp_path)
+    with pytest.raises(UserError, match=r"unknown training context \['oracle'\]"):
+        loop.train(cfg, parts=_parts(cfg, {"oracle"}), echo=lambda s: None)
+    assert not (tmp_path / "runs").exists()
