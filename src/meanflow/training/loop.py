@@ -200,7 +200,7 @@ def _context(needs: frozenset[str], progress: Progress, target, teacher) -> dict
     return {k: have[k] for k in needs}
 
 
-def _load_teacher(cfg: Config, method, device: torch.device) -> nn.Module:
+def _load_teacher(cfg: Config, device: torch.device) -> nn.Module:
     """The frozen teacher network of `training.teacher` (built from the teacher run's own config)."""
     if not cfg.training.teacher:
         raise UserError(f"method {cfg.method.name} needs a teacher: set training.teacher=RUN_OR_CHECKPOINT")
@@ -332,7 +332,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
     needs = _method_needs(parts.method)
     target = TargetNetwork(net) if "target" in needs else None
-    teacher = _load_teacher(cfg, parts.method, device) if "teacher" in needs else None
+    teacher = _load_teacher(cfg, device) if "teacher" in needs else None
     start = 0
     if ckpt is not None:
         ckpt.load_into(net)
