@@ -226,7 +226,8 @@ def run_info(run_dir: Path) -> dict:
 def toy_part(args) -> None:
     from meanflow.data import build_dataset
     from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
-    from meanflow.sampling import generate, load_generator
+    from meanflow.sampling import generate
+    from meanflow.training.load import load_generator
     from meanflow.utils.images import save_points
 
     out = Path(args.out) / "toy"
@@ -461,7 +462,8 @@ def time_meanflow_step(base: list[str], threads: int, n: int = 20) -> float:
 def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dict:
     """FID/KID of `--num-samples` images from `run` at `steps` steps (cached as JSON in the run)."""
     from meanflow.evaluation import evaluate_images
-    from meanflow.sampling import generate_uint8, load_generator
+    from meanflow.sampling import generate_uint8
+    from meanflow.training.load import load_generator
     from meanflow.utils.images import make_grid, save_png
 
     n = args.num_samples

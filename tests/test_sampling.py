@@ -1,4 +1,5 @@
-"""meanflow.sampling: seeded noise independent of batching, uint8 quantisation, load_generator."""
+"""meanflow.sampling: seeded noise independent of batching, uint8 quantisation; and
+meanflow.training.load.load_generator."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from meanflow import sampling
 from meanflow.errors import UserError
 from meanflow.methods import MeanFlow
 from meanflow.networks import build_network
+from meanflow.training import load
 
 
 def test_noise_does_not_depend_on_how_it_is_cut():
@@ -69,16 +71,16 @@ def test_load_generator_round_trip(tmp_path):
         "training.ema_decays=[0.9, 0.99]", "training.ema_warmup=false",
         "logging.sample_count=4"])
     run = train(cfg, echo=lambda s: None)
-    method, net, cfg2 = sampling.load_generator(run)
+    method, net, cfg2 = load.load_generator(run)
     assert cfg2 == cfg and net.meanflow_shape == (1, 8, 8) and not net.training
-    _, raw, _ = sampling.load_generator(run / "checkpoints" / "ckpt-0000002.safetensors", ema="raw")
-    _, second, _ = sampling.load_generator(run, ema=0.99)
+    _, raw, _ = load.load_generator(run / "checkpoints" / "ckpt-0000002.safetensors", ema="raw")
+    _, second, _ = load.load_generator(run, ema=0.99)
     first = net
     a = sampling.generate_uint8(method, first, 5)
     assert a.shape == (5, 8, 8, 1)
     x = [sampling.generate(method, m, 0, 5) for m in (first, raw, second)]
     assert not torch.equal(x[0], x[1]) and not torch.equal(x[0], x[2])
     with pytest.raises(UserError, match="no EMA 0.5"):
-        sampling.load_generator(run, ema=0.5)
+        load.load_generator(run, ema=0.5)
     with pytest.raises(UserError, match="--ema"):
-        sampling.load_generator(run, ema="fast")
+        load.load_generator(run, ema="fast")

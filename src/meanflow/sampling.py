@@ -1,18 +1,17 @@
-"""Generation from trained models: load a generator, draw seeded samples, quantise to uint8.
+"""Generation from a method and a network: seeded samples, quantised to uint8. No training code here;
+loading a trained run is `meanflow.training.load.load_generator`.
 
 Noise is drawn in fixed blocks of `NOISE_BLOCK` samples, block b from a generator seeded with
 (seed, b), so sample i is the same image whatever the batch size, world size or device.
 Class labels of a conditional model are `i % num_classes` (balanced) unless one class is asked for.
 
-    method, net, cfg = load_generator("runs/00000-digits-meanflow", ema=None)
+    method, net, cfg = meanflow.training.load.load_generator("runs/00000-digits-meanflow")
     images = generate_uint8(method, net, 1000, steps=1, seed=0)     # uint8 [1000, H, W, C]
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -113,65 +112,3 @@ def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0
     x = generate(method, net, start, stop, steps=steps, seed=seed, batch_size=batch_size,
                  class_label=class_label, device=device)
     return to_uint8(x)
-
-
-def parse_ema(ema: Any) -> float | None | str:
-    """None -> 'default' (the first EMA decay of the run); 'raw'/'none'/0 -> raw weights; else a decay."""
-    if ema is None or ema == "default":
-        return "default"
-    if isinstance(ema, str) and ema.lower() in ("raw", "none", "off"):
-        return None
-    try:
-        value = float(ema)
-    except (TypeError, ValueError):
-        raise UserError(f"--ema must be a decay such as 0.9999, or 'raw', got {ema!r}") from None
-    return None if value == 0.0 else value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
-
-
-def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
-    """Load a trained generator from a run folder (newest checkpoint) or a checkpoint file.
-
-    Args:
-        path: run folder or `.safetensors` checkpoint written by `meanflow train`.
-        ema: None (the run's first EMA decay, raw weights if it has none), a decay (e.g. 0.9999),
-            or 'raw' / 0 for the raw weights.
-        device: where the network is put.
-
-    Returns:
-        (method, net, cfg): the method object, the network in eval mode (with `meanflow_shape`,
-        `meanflow_num_classes` and `meanflow_is_latent` attributes), and the run's `Config`.
-    """
-    from meanflow.training.build import build_method_from, build_net
-    from meanflow.training.checkpoint import Checkpoint
-    from meanflow.training.config import config_from_dict
-
-    ckpt = Checkpoint(path)
-    cfg = config_from_dict(ckpt.config)
-    try:
-        shape = tuple(int(d) for d in ckpt.state["data_shape"])
-        classes = int(ckpt.state["num_classes"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"checkpoint {ckpt.path} has no valid data_shape / num_classes in its state "
-                        f"metadata ({_first_line(e)})") from e
-    net = build_net(cfg, shape, classes)
-    choice = parse_ema(ema)
-    if choice == "default":
-        choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
-    if choice is not None and float(choice) not in ckpt.ema_decays:
-        ckpt.ema(choice)  # the UserError listing the decays the checkpoint has
-    ckpt.load_into(net, "model/" if choice is None else f"ema/{float(choice)!r}/")
-    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad[0]}"
-                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): it cannot produce samples")
-    net.to(device).eval().requires_grad_(False)
-    net.meanflow_shape = shape
-    net.meanflow_num_classes = classes
-    net.meanflow_is_latent = bool(ckpt.state.get("is_latent", False))
-    method = build_method_from(cfg, classes)
-    return method, net, cfg

@@ -132,6 +132,7 @@ def test_ref_stats_from_a_dataset(tmp_path, cheap_model, monkeypatch):
 
 def test_eval_from_a_checkpoint_generates_quantised_samples(tmp_path, cheap_model, monkeypatch):
     import meanflow.sampling as sampling
+    import meanflow.training.load as load
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -147,7 +148,7 @@ def test_eval_from_a_checkpoint_generates_quantised_samples(tmp_path, cheap_mode
         assert rows == (0, n)
         return _images(n, seed=seed)
 
-    monkeypatch.setattr(sampling, "load_generator", load_generator)
+    monkeypatch.setattr(load, "load_generator", load_generator)
     monkeypatch.setattr(sampling, "generate_uint8", generate_uint8)
     _ref_stats_of(tmp_path, _images(9, seed=5))
     res = run(

@@ -7,10 +7,11 @@ from training_configs import checkpoint_tensors
 
 from meanflow.data import ImageData
 from meanflow.errors import UserError
-from meanflow.sampling import generate, generation_kwargs, load_generator
+from meanflow.sampling import generate, generation_kwargs
 from meanflow.training import loop
 from meanflow.training.build import build_method_from, build_net, network_kwargs
 from meanflow.training.checkpoint import Checkpoint
+from meanflow.training.load import load_generator
 from meanflow.training.presets import resolve_config
 
 TINY_UNET = ("network={name: unet, kwargs: {model_channels: 8, channel_mult: [1, 2], num_blocks: 1, "

@@ -102,7 +102,8 @@ def test_toy_2d_learns(tmp_path):
     """One-step samples of a briefly trained MLP concentrate on the 8 Gaussian modes (noise: ~13%)."""
     import math
 
-    from meanflow.sampling import generate, load_generator
+    from meanflow.sampling import generate
+    from meanflow.training.load import load_generator
 
     cfg = tiny_toy(tmp_path, "data.name=8gaussians", "network.kwargs={hidden: 128, depth: 3}",
                    "data.num_points=20000", "training.batch_size=256", "training.steps=200",

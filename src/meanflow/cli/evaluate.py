@@ -181,7 +181,8 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     from meanflow.evaluation.fid import gather_rows, rank_and_world, shard_range
-    from meanflow.sampling import generate_uint8, load_generator
+    from meanflow.sampling import generate_uint8
+    from meanflow.training.load import load_generator
 
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():

@@ -57,7 +57,8 @@ def run(args) -> int:
     """
     import torch
 
-    from meanflow.sampling import generate, load_generator, model_info
+    from meanflow.sampling import generate, model_info
+    from meanflow.training.load import load_generator
     from meanflow.utils.files import atomic_files, prepare_output
     from meanflow.utils.images import make_grid, png_image, points_image, to_uint8
 

@@ -204,7 +204,7 @@ def _load_teacher(cfg: Config, device: torch.device) -> nn.Module:
     """The frozen teacher network of `training.teacher` (built from the teacher run's own config)."""
     if not cfg.training.teacher:
         raise UserError(f"method {cfg.method.name} needs a teacher: set training.teacher=RUN_OR_CHECKPOINT")
-    from meanflow.sampling import load_generator
+    from meanflow.training.load import load_generator
 
     _, teacher, _ = load_generator(cfg.training.teacher, ema=cfg.training.teacher_ema, device=device)
     return teacher
