@@ -7,7 +7,7 @@ second time during the resume), and continues with ``meanflow train --resume RUN
 output folder and counted apart). Kill moments are spread over the phases of a run: start-up,
 training steps, checkpoint writes (from the log record just before a checkpoint the trigger spins on
 ``checkpoints/`` and kills as soon as a temp file appears: safetensors' own ``.tmpXXXXXX``, then the
-loop's ``.ckpt-NNNNNNN.safetensors.tmpPID``), the final phase (samples, evaluation, loss plot) and exit.
+loop's ``.ckpt-NNNNNNN.tmpPID.safetensors``), the final phase (samples, evaluation, loss plot) and exit.
 
 After every trial the finished run must match the reference:
 
@@ -436,7 +436,7 @@ def drive(proc: Proc, out_dir: Path, run_dir: Path | None, trig: Trigger | None)
                         fire_at = now + trig.delay
                 elif trig.kind == "temp":
                     # any new temp once hot: safetensors itself first writes a `.tmpXXXXXX` file, then
-                    # renames it to the loop's `.ckpt-NNNNNNN.safetensors.tmpPID`, then into place
+                    # renames it to the loop's `.ckpt-NNNNNNN.tmpPID.safetensors`, then into place
                     prefix = f".ckpt-{trig.step:07d}."
                     temps = [n for n in ckpt_temps(run_dir) if n not in old_temps]
                     if new or any(hot or n.startswith(prefix) for n in temps):

@@ -158,7 +158,8 @@ def test_load_into_checks_names_and_shapes(tmp_path):
 
 def test_remove_stale_temps(tmp_path):
     path = _save(tmp_path, 3, *_parts())
-    stale = [tmp_path / "checkpoints" / ".ckpt-0000004.safetensors.tmp123",
+    stale = [tmp_path / "checkpoints" / ".ckpt-0000004.tmp123.safetensors",
+             tmp_path / "checkpoints" / ".ckpt-0000005.safetensors.tmp124",  # the naming before
              tmp_path / "checkpoints" / ".tmpnkzWwc",  # safetensors' own temp name
              tmp_path / ".loss.png.tmp99", tmp_path / "samples" / ".step-0000004.png.tmp7",
              tmp_path / ".log.jsonl.tmp5"]

@@ -16,7 +16,7 @@ def test_resume_removes_temps_and_duplicate_log_records(tmp_path):
     # and temp files of interrupted atomic writes under the two naming patterns of the project.
     with open(run / "log.jsonl", "a") as f:
         f.write(json.dumps({"step": 4, "loss": -123.0}) + "\n" + '{"step": 5, "lo')
-    temps = [run / "checkpoints" / ".ckpt-0000004.safetensors.tmp4242", run / ".samples.png.tmp77",
+    temps = [run / "checkpoints" / ".ckpt-0000004.tmp4242.safetensors", run / ".samples.png.tmp77",
              run / "samples" / ".step-0000004.png.tmp9", run / ".config.yaml.tmp1"]
     for p in temps:
         p.parent.mkdir(exist_ok=True)

@@ -16,7 +16,6 @@ half-written checkpoint under the final name; only the last `keep_last` are kept
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from meanflow.errors import UserError
+from meanflow.utils.files import atomic_files
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 # Temporary files of an interrupted atomic write (`.<name>.tmp<pid>[.ext]`), in a run folder or below,
@@ -104,15 +104,8 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
     state["ema_decays"] = [float(d) for d in ema]
     state["has_target"] = target is not None
     metadata = {"format": FORMAT, "config": json.dumps(config), "state": json.dumps(state)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:  # on disk before it gets the final name (power loss, not only kill)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_files(user_errors=False) as files:
+        save_file(tensors, str(files.tmp(path)), metadata=metadata)
     return path
 
 
@@ -239,18 +232,25 @@ class Checkpoint:
         return self._group("model/")
 
     def load_into(self, net, prefix: str = "model/") -> None:
-        """Load the group `prefix` (`model/` or `ema/<decay>/`) into `net`, after checking that the
-        names, shapes and kinds match; a mismatch is a UserError naming the first difference."""
-        self.require(prefix, net.state_dict().keys())
+        """Load the group `prefix` (`model/`, `ema/<decay>/`, `target/`) into `net`, checked by
+        :meth:`tensors_like`."""
+        ref = net.state_dict()
+        tensors = self.tensors_like(prefix, ref)
+        net.load_state_dict({k: tensors[k].to(v.dtype) for k, v in ref.items()})
+
+    def tensors_like(self, prefix: str, ref: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The group `prefix`, after checking that its names, shapes and kinds match the state dict
+        `ref`; a mismatch is a UserError naming the first difference."""
+        self.require(prefix, ref.keys())
         tensors = self._group(prefix)
-        for k, ref in net.state_dict().items():
+        for k, v in ref.items():
             bad = f"checkpoint {self.path} does not match its config: {prefix}{k}"
-            if tensors[k].shape != ref.shape:
+            if tensors[k].shape != v.shape:
                 raise UserError(f"{bad} has shape {list(tensors[k].shape)}, "
-                                f"the network expects {list(ref.shape)}")
-            if ref.is_floating_point() and not tensors[k].is_floating_point():
+                                f"the network expects {list(v.shape)}")
+            if v.is_floating_point() and not tensors[k].is_floating_point():
                 raise UserError(f"{bad} has dtype {tensors[k].dtype}, expected floating point")
-        net.load_state_dict({k: tensors[k].to(ref.dtype) for k, ref in net.state_dict().items()})
+        return tensors
 
     def ema(self, decay: float) -> dict[str, torch.Tensor]:
         decay = float(decay)

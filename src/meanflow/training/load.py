@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from meanflow.errors import UserError
+from meanflow.utils.files import reason
 
 
 def parse_ema(ema: Any) -> float | None | str:
@@ -25,11 +26,6 @@ def parse_ema(ema: Any) -> float | None | str:
     except (TypeError, ValueError):
         raise UserError(f"--ema must be a decay such as 0.9999, or 'raw', got {ema!r}") from None
     return None if value == 0.0 else value
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
 
 
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
@@ -56,7 +52,7 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
         classes = int(ckpt.state["num_classes"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt.path} has no valid data_shape / num_classes in its state "
-                        f"metadata ({_first_line(e)})") from e
+                        f"metadata ({reason(e)})") from e
     net = build_net(cfg, shape, classes)
     choice = parse_ema(ema)
     if choice == "default":

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -50,6 +49,7 @@ from meanflow.training.nonfinite import NonFiniteGuard
 from meanflow.training.rundir import next_run_dir
 from meanflow.training.schedule import lr_at, step_seed
 from meanflow.training.target import TargetNetwork
+from meanflow.utils.files import atomic_files
 
 # Keys that may change between a checkpoint and the run resuming it (length, outputs, device).
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
@@ -229,18 +229,12 @@ def _truncate_log(path: Path, start: int, drop_evals: bool = False) -> None:
             continue
         keep.append(line)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(x + "\n" for x in keep))
-        os.replace(tmp, path)
+        _write_atomic(path, "".join(x + "\n" for x in keep))
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_files(user_errors=False) as files:
+        files.tmp(path).write_text(text)
 
 
 def build_optimizer(net: nn.Module, tc) -> torch.optim.Optimizer:
@@ -339,8 +333,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         if target is not None:
             ckpt.load_into(target.net, "target/")
         for d in tc.ema_decays:
-            ckpt.require(f"ema/{float(d)!r}/", ema.state(d).keys())
-            ema.load(d, ckpt.ema(d))
+            ema.load(d, ckpt.tensors_like(f"ema/{float(d)!r}/", ema.state(d)))
         opt_state = ckpt.optimizer()
         if opt_state is not None:
             fused = [g.get("fused") for g in optimizer.param_groups]
@@ -505,7 +498,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                 guard.check(last_ckpt[0])
 
             if step % lc.log_every == 0 or step == total:
-                guard.check(last_ckpt[0])
+                if not check_each_step:
+                    guard.check(last_ckpt[0])
                 names = sorted(sums)
                 vals = distributed.all_reduce_mean(torch.stack([sums[k] for k in names] + [good]))
                 n_good = float(vals[-1])

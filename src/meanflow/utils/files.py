@@ -86,6 +86,12 @@ class AtomicFiles:
         return tmp
 
     def commit(self) -> None:
+        """Flush every temp to disk (a power loss never leaves an empty file under a final name),
+        then move each onto its final name."""
+        for tmp, final in self.pending:
+            self.current = final
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         while self.pending:
             tmp, final = self.pending[0]
             self.current = final

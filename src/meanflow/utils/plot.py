@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
+
+from meanflow.utils.files import atomic_files
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -59,11 +60,9 @@ def plot_loss(log_path: str | Path, out_path: str | Path, keys: tuple[str, ...] 
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out_path)
+        with atomic_files(user_errors=False) as files:
+            fig.savefig(files.tmp(out_path), format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out_path
