@@ -1,18 +1,23 @@
-"""Measured quality: MeanFlow against flow matching, same network, data and optimizer steps.
+"""Measured quality: MeanFlow against its peers, same network, data, batch and optimizer steps.
 
-Two parts, each trained from scratch and written into its own section of ``docs/results.md``
-(everything outside the section markers is left alone, so notes written by hand survive):
+Every method of `RUNS` (MeanFlow, flow matching, consistency training CT and iCT, consistency
+distillation CD from the flow-matching run, shortcut models) is trained from scratch on the same preset
+(network, data, batch, optimizer, learning rate, EMA, number of optimizer steps) and sampled at 1 and 2
+steps plus its own multistep count. A method is added by adding a `Run`, not a branch. Two parts, each
+written into its own section of ``docs/results.md`` (everything outside the section markers is kept):
 
 * ``toy``: the 2-D checkerboard and 8 gaussians (preset ``toy-2d``: MLP 256x4, batch 512). Sliced
   Wasserstein-2 and energy distance between generated samples and held-out points (the dataset's
-  ``test`` draw), for MeanFlow at 1 and 2 steps and flow matching at 1, 2, 10 and 100 Euler steps,
-  with a noise floor (a second fresh draw of data against the same held-out points).
+  ``test`` draw), with a noise floor (a second fresh draw of data against the same held-out points).
 * ``mnist``: the ``mnist`` preset (class-conditional small U-Net, batch 64) trained on the 60,000
   training images only, for a number of optimizer steps given by ``--steps`` or chosen from
-  ``--minutes`` of MeanFlow training (a short timing of MeanFlow steps; flow matching gets the same
+  ``--minutes`` of MeanFlow training (a short timing of MeanFlow steps; every method gets the same
   number of steps). FID and KID of ``--num-samples`` generated images (uint8, FID Inception-v3 pool3)
-  against the statistics of the MNIST test set (computed once and cached), for MeanFlow at 1 and 2
-  steps and flow matching at 1, 2, 10 and 50 Euler steps, with a 100-image grid per row.
+  against the statistics of the MNIST test set (computed once and cached), with a 100-image grid per row.
+
+A method with a teacher (CD) is trained after its teacher's run (the flow-matching run of the same
+table); the teacher's own training is listed in the training table and is not counted in the
+student's steps.
 
 Everything is cached under ``--out`` (default ``runs/quality``) and an interrupted invocation resumes:
 finished training runs are reused, unfinished ones continue from their last checkpoint, the
@@ -20,11 +25,11 @@ reference features are written in chunks, and each evaluated row is stored as JS
 
 Usage::
 
-    python benchmarks/quality.py --part toy                    # 2-D table (~10 min on 2 cores)
+    python benchmarks/quality.py --part toy                    # 2-D table (~1.5 h on 2 cores)
+    python benchmarks/quality.py --part toy --methods meanflow,shortcut    # a subset of RUNS
     python benchmarks/quality.py --part mnist --ref-only       # MNIST test-set statistics (~30 min)
-    python benchmarks/quality.py --part mnist --minutes 30     # train both, evaluate (~2 h on 2 cores)
-    python benchmarks/quality.py --part mnist --eval-only runs/quality/mnist/meanflow/00000-mnist-meanflow \\
-        runs/quality/mnist/flow_matching/00000-mnist-flow_matching
+    python benchmarks/quality.py --part mnist --minutes 30     # train all, evaluate (hours on 2 cores)
+    python benchmarks/quality.py --part mnist --eval-only RUN_DIR [RUN_DIR ...]   # re-evaluate runs
     # tiny end-to-end check of the MNIST plumbing (a few minutes):
     python benchmarks/quality.py --part mnist --steps 100 --num-samples 200 --ref-images 500 \\
         --out /tmp/quality-tiny --results /tmp/quality-tiny/results.md --grid-dir /tmp/quality-tiny/grids
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -44,19 +50,92 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("meanflow", "flow_matching")
-LABEL = {"meanflow": "MeanFlow", "flow_matching": "flow matching (Euler)"}
 _BESIDE = REPO.parent / "shared" / "data"  # CI and sessions check out the repo next to shared/
 SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
 SHARED_MNIST = SHARED / "mnist"
 SHARED_INCEPTION = SHARED / "inception" / "pt_inception-2015-12-05-pool3only-fcNaN.pth"
 REF_CHUNK = 500  # reference images per cached feature chunk
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method of the tables: trained on the part's preset with `overrides`, sampled at the steps
+    of the part.
+
+    Attributes:
+        name: key of the run: its folder, its rows, `--methods`.
+        method: registry name of the method (`meanflow train --method NAME`).
+        label: name in the tables.
+        toy_steps: sampling steps of the 2-D rows.
+        mnist_steps: sampling steps of the MNIST rows.
+        overrides: extra `--set` overrides of this run (its method kwargs), both parts.
+        toy_overrides: extra `--set` overrides of the 2-D runs only.
+        teacher: name of the run whose finished weights (first EMA) are this run's teacher.
+    """
+
+    name: str
+    method: str
+    label: str
+    toy_steps: tuple[int, ...]
+    mnist_steps: tuple[int, ...]
+    overrides: tuple[str, ...] = ()
+    toy_overrides: tuple[str, ...] = ()
+    teacher: str | None = None
+
+
+# Flow matching gets MeanFlow's time sampler of the two presets (logit-normal(-0.4, 1)), so that the
+# two differ only in the objective; the other methods keep their papers' own noise-level samplers.
+# Consistency models: sigma_data is the data's standard deviation (EDM's definition): 0.5 for images
+# in [-1, 1] (the papers' value), 1.0 for the 2-D toys (std ~1). CT's published curriculum (s1 = 150)
+# is tuned for 800k steps; the `ct-s20` rows show it with the short curriculum of the learning test.
+_TOY_CM = ("method.kwargs.sigma_data=1.0",)
+RUNS: tuple[Run, ...] = (
+    Run("meanflow", "meanflow", "MeanFlow", (1, 2), (1, 2)),
+    Run("flow_matching", "flow_matching", "flow matching (Euler)", (1, 2, 10, 100), (1, 2, 10, 50),
+        overrides=("method.kwargs.t_mean=-0.4",)),
+    Run("ct", "ct", "consistency training (CT)", (1, 2), (1, 2), toy_overrides=_TOY_CM),
+    Run("ct-s20", "ct", "CT, curriculum s1 = 20", (1, 2), (1, 2), overrides=("method.kwargs.s1=20",),
+        toy_overrides=_TOY_CM),
+    Run("ict", "ict", "improved CT (iCT)", (1, 2), (1, 2), toy_overrides=_TOY_CM),
+    Run("cd", "cd", "consistency distillation (CD, Heun)", (1, 2), (1, 2), toy_overrides=_TOY_CM,
+        teacher="flow_matching"),
+    Run("shortcut", "shortcut", "shortcut model", (1, 2, 4, 128), (1, 2, 128)),
+)
+LABEL = {r.name: r.label for r in RUNS}
+
+
+def select_runs(names: str | None) -> list[Run]:
+    """The runs named in `--methods` (comma-separated; default all), teachers added first."""
+    by_name = {r.name: r for r in RUNS}
+    wanted = list(by_name) if not names else [s.strip() for s in names.split(",") if s.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    for n in list(wanted):
+        t = by_name[n].teacher
+        if t is not None and t not in wanted:
+            wanted.insert(0, t)
+    return [by_name[n] for n in by_name if n in wanted]
+
+
+def with_steps(runs: list[Run], specs: list[str], part: str) -> list[Run]:
+    """Apply `--sample-steps NAME=1,2,4` overrides to the sampling steps of `part`."""
+    field = f"{part}_steps"
+    out = {r.name: r for r in runs}
+    for spec in specs:
+        name, _, steps = spec.partition("=")
+        if name not in out or not steps:
+            raise SystemExit(f"--sample-steps expects NAME=LIST with NAME one of {', '.join(out)}, "
+                             f"got {spec!r}")
+        out[name] = dataclasses.replace(out[name], **{field: tuple(int_list(steps))})
+    return list(out.values())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,15 +270,34 @@ def train_one(preset: str, overrides: list[str], parent: str, threads: int, prog
     return {"run_dir": str(run), "steps": total, "train_wall_s": sum(record["segments"]), "reused": False}
 
 
-def train_methods(preset: str, base: list[str], out: Path, jobs: int, threads: int) -> dict[str, dict]:
-    """Train MeanFlow and flow matching on the same config (`jobs` at a time)."""
-    specs = {m: (preset, [*base, f"method.name={m}"], str(out / m), threads, jobs == 1) for m in METHODS}
-    if jobs == 1:
-        return {m: train_one(*s) for m, s in specs.items()}
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = {m: pool.submit(train_one, *s) for m, s in specs.items()}
-        return {m: f.result() for m, f in futures.items()}
+def train_runs(preset: str, base: list[str], out: Path, runs: list[Run], jobs: int, threads: int,
+               part: str) -> dict[str, dict]:
+    """Train every run of `runs` on the same config (`jobs` at a time); a run with a teacher waits for
+    its teacher's run and gets `training.teacher=<that run folder>`."""
+    done: dict[str, dict] = {}
+    pending = list(runs)
+    while pending:
+        wave = [r for r in pending if r.teacher is None or r.teacher in done]
+        if not wave:
+            raise SystemExit(f"teacher run(s) missing for {', '.join(r.name for r in pending)}")
+        specs = {}
+        for r in wave:
+            teach = [] if r.teacher is None else [f"training.teacher={done[r.teacher]['run_dir']}"]
+            extra = r.toy_overrides if part == "toy" else ()
+            specs[r.name] = (preset, [*base, f"method.name={r.method}", *r.overrides, *extra, *teach],
+                             str(out / r.name), threads, jobs == 1)
+        if jobs == 1:
+            done.update({n: train_one(*s) for n, s in specs.items()})
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = {n: pool.submit(train_one, *s) for n, s in specs.items()}
+                done.update({n: f.result() for n, f in futures.items()})
+        pending = [r for r in pending if r.name not in done]
+    for r in runs:
+        if r.teacher is not None:
+            done[r.name]["teacher"] = r.teacher
+    return done
 
 
 def run_info(run_dir: Path) -> dict:
@@ -219,6 +317,25 @@ def run_info(run_dir: Path) -> dict:
             "sec_per_step": float(np.median(per_step)) if per_step else None}
 
 
+def method_settings(run_dir: Path) -> str:
+    """The method kwargs of a run that differ from the method's defaults (read from its saved config),
+    e.g. "t_mean=-0.4"; "defaults" when none do."""
+    from meanflow.methods import METHODS
+
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    m = cfg["method"]
+    kwargs = m.get("kwargs", {k: v for k, v in m.items() if k != "name"})
+    cls = METHODS.get(m["name"])
+    defaults = {} if cls is None else {f.name: f.default for f in dataclasses.fields(cls)
+                                       if f.default is not dataclasses.MISSING}
+    diff = [f"{k}={v}" for k, v in kwargs.items() if k != "num_classes" and defaults.get(k, object()) != v
+            and not (isinstance(v, list) and tuple(v) == defaults.get(k))]
+    teacher = cfg["training"].get("teacher")
+    if teacher:
+        diff.append(f"teacher {Path(teacher).name}")
+    return ", ".join(diff) if diff else "defaults"
+
+
 # ---------------------------------------------------------------------------------------------------
 # part 1: 2-D toys
 
@@ -234,6 +351,7 @@ def toy_part(args) -> None:
     t_start = time.perf_counter()
     load0, commit0 = load_average(), git_commit()
     n = args.toy_samples
+    runs_wanted = with_steps(select_runs(args.methods), args.sample_steps, "toy")
     datasets = [s.strip() for s in args.toy_datasets.split(",") if s.strip()]
     rows, trainings = [], []
     for name in datasets:
@@ -242,25 +360,27 @@ def toy_part(args) -> None:
             base.append(f"training.steps={args.toy_steps}")
         if args.toy_points:
             base.append(f"data.num_points={args.toy_points}")
-        runs = train_methods("toy-2d", base, out / name, args.jobs, args.train_threads)
+        runs = train_runs("toy-2d", base, out / name, runs_wanted, args.jobs, args.train_threads, "toy")
         torch.set_num_threads(args.eval_threads)
         held = build_dataset(name, split="test", n=n, seed=args.seed).x
         floor = build_dataset(name, split="test", n=n, seed=args.seed + 1).x
         rows.append({"dataset": name, "method": "data", "steps": None,
                      "sw": sliced_wasserstein(floor, held), "energy": energy_distance(floor, held)})
-        for m in METHODS:
-            run = Path(runs[m]["run_dir"])
-            trainings.append({"dataset": name, "method": m, "run_dir": str(run), **run_info(run)})
+        for r in runs_wanted:
+            run = Path(runs[r.name]["run_dir"])
+            trainings.append({"dataset": name, "method": r.name, "run_dir": str(run),
+                              "teacher": runs[r.name].get("teacher"), "settings": method_settings(run),
+                              **run_info(run)})
             method, net, cfg = load_generator(run)
-            for k in (args.mf_steps if m == "meanflow" else args.toy_fm_steps):
+            for k in r.toy_steps:
                 t0 = time.perf_counter()
                 x = generate(method, net, 0, n, steps=k, seed=args.seed + 2, batch_size=n, shape=(2,),
                              num_classes=0)
                 gen_s = time.perf_counter() - t0
-                rows.append({"dataset": name, "method": m, "steps": k, "sw": sliced_wasserstein(x, held),
+                rows.append({"dataset": name, "method": r.name, "steps": k, "sw": sliced_wasserstein(x, held),
                              "energy": energy_distance(x, held), "sample_s": gen_s})
                 save_points(x, run / "quality" / f"samples-{k}step.png", reference=held)
-                log(f"{name} {m} {k} step(s): SW {rows[-1]['sw']:.4f}, energy {rows[-1]['energy']:.4f}")
+                log(f"{name} {r.name} {k} step(s): SW {rows[-1]['sw']:.4f}, energy {rows[-1]['energy']:.4f}")
     result = {"rows": rows, "trainings": trainings, "n": n, "seed": args.seed, "command": command_line(),
               "commit": commit0, "commit_end": git_commit(), "hardware": hardware(), "load_start": load0,
               "load_end": load_average(), "wall_s": time.perf_counter() - t_start, "jobs": args.jobs,
@@ -274,11 +394,10 @@ def toy_part(args) -> None:
 def run_setup(trainings: list[dict]) -> dict:
     """Setup shared by the runs, read from the first run's saved config (not from today's preset)."""
     cfg = json.loads((Path(trainings[0]["run_dir"]) / "config.json").read_text())
-    d, n, m, t = cfg["data"], cfg["network"], cfg["method"], cfg["training"]
+    d, n, t = cfg["data"], cfg["network"], cfg["training"]
     return {"preset": cfg.get("preset"), "network": f"{n['name']} {n['kwargs']}", "batch": t["batch_size"],
             "lr": t["lr"], "ema": t["ema_decays"][0] if t["ema_decays"] else None,
-            "num_points": d.get("num_points"), "split": d.get("split"),
-            "method": {k: m[k] for k in ("ratio", "t_mean", "t_std", "norm_p", "class_dropout")}}
+            "num_points": d.get("num_points"), "split": d.get("split")}
 
 
 def commit_text(res: dict) -> str:
@@ -286,6 +405,26 @@ def commit_text(res: dict) -> str:
     if end and end != res["commit"]:
         return f"{res['commit']} at start, {end} at the end: other commits landed during the run"
     return res["commit"]
+
+
+def label(name: str) -> str:
+    return LABEL.get(name, name)
+
+
+def methods_table(trainings: list[dict], per_step: str) -> list[str]:
+    """Training table: one line per run (and dataset), with its method settings and teacher."""
+    has_ds = any("dataset" in t for t in trainings)
+    head = (("| dataset " if has_ds else "") + "| method | settings (beyond the defaults) | steps "
+            "| wall time | s/step (median of logged intervals) |")
+    lines = [head, "|---" * (6 if has_ds else 5) + "|"]
+    for t in trainings:
+        sps = "-" if t["sec_per_step"] is None else (f"{t['sec_per_step'] * 1000:.1f} ms" if per_step == "ms"
+                                                     else f"{t['sec_per_step']:.3f} s")
+        teacher = f" (teacher: the {label(t['teacher'])} run)" if t.get("teacher") else ""
+        ds = f"| {t['dataset']} " if has_ds else ""
+        lines.append(f"{ds}| {label(t['method'])}{teacher} | {t.get('settings', '-')} | {t['steps']} "
+                     f"| {fmt_s(t['train_wall_s'])} | {sps} |")
+    return lines
 
 
 def toy_markdown(res: dict) -> str:
@@ -298,14 +437,11 @@ def toy_markdown(res: dict) -> str:
         f"{res['train_threads']} thread(s) each; load average at start {res['load_start']} "
         f"(1/5/15 min; the machine was shared). Total wall time {fmt_s(res['wall_s'])}.",
         "",
-        f"Both methods: preset `toy-2d`, network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
-        f"the optimizer steps of the training table (the same for both methods of a dataset) on "
+        f"Every method: preset `toy-2d`, network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
+        f"the optimizer steps of the training table (the same for every method of a dataset) on "
         f"{p['num_points']:,} training points, seed {res['seed']}, samples "
-        f"from the EMA {p['ema']} weights. The time sampler is the preset's (logit-normal("
-        f"{p['method']['t_mean']}, {p['method']['t_std']})) for both; MeanFlow has "
-        f"{p['method']['ratio']:.0%} of pairs with r != t and adaptive weight p = {p['method']['norm_p']}; "
-        "flow matching samples with "
-        "Euler steps. Distances between "
+        f"from the EMA {p['ema']} weights; each method's own hyper-parameters are its defaults "
+        "(`meanflow methods`) except the settings listed in the training table. Distances between "
         f"{res['n']:,} samples and {res['n']:,} held-out points (the dataset's `test` draw): sliced "
         "Wasserstein-2 (256 fixed directions) and energy distance. The `data` row is a second fresh draw "
         "of the distribution against the same held-out points: the noise floor at this sample size.",
@@ -314,34 +450,36 @@ def toy_markdown(res: dict) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for r in res["rows"]:
-        name = "data (noise floor)" if r["method"] == "data" else LABEL[r["method"]]
+        name = "data (noise floor)" if r["method"] == "data" else label(r["method"])
         steps = "-" if r["steps"] is None else str(r["steps"])
         lines.append(f"| {r['dataset']} | {name} | {steps} | {r['sw']:.4f} | {r['energy']:.4f} |")
-    lines += ["", "Training (same steps for both methods):", "",
-              "| dataset | method | steps | wall time | s/step (median of logged intervals) |",
-              "|---|---|---:|---:|---:|"]
-    for t in res["trainings"]:
-        sps = "-" if t["sec_per_step"] is None else f"{t['sec_per_step'] * 1000:.1f} ms"
-        lines.append(f"| {t['dataset']} | {t['method']} | {t['steps']} | {fmt_s(t['train_wall_s'])} "
-                     f"| {sps} |")
-    lines += ["", comparison(res["rows"], "sw", "sliced W2")]
+    lines += ["", "Training (same steps for every method of a dataset):", "",
+              *methods_table(res["trainings"], "ms"), "", comparison(res["rows"], "sw", "sliced W2")]
     return "\n".join(lines) + "\n"
 
 
 def comparison(rows: list[dict], key: str, what: str) -> str:
-    """One sentence per dataset: MeanFlow 1 step against flow matching at 1 step and at its most steps."""
+    """One sentence per dataset: MeanFlow at 1 step against every other method at 1 step and at its
+    best step count."""
     out = []
     for ds in dict.fromkeys(r.get("dataset", "MNIST") for r in rows):
         get = {(r["method"], r["steps"]): r[key] for r in rows
-               if r.get("dataset", "MNIST") == ds and r.get(key) is not None}
-        fm_most = max((s for m, s in get if m == "flow_matching"), default=None)
-        if ("meanflow", 1) not in get or ("flow_matching", 1) not in get:
+               if r.get("dataset", "MNIST") == ds and r.get(key) is not None and r["method"] != "data"}
+        if ("meanflow", 1) not in get:
             continue
-        mf1, fm1 = get[("meanflow", 1)], get[("flow_matching", 1)]
-        txt = f"{ds}: {what} MeanFlow 1 step {mf1:.4g} vs flow matching 1 step {fm1:.4g} ({fm1 / mf1:.1f}x)"
-        if fm_most:
-            txt += f" and flow matching {fm_most} steps {get[('flow_matching', fm_most)]:.4g}"
-        out.append(txt + ".")
+        mf1 = get[("meanflow", 1)]
+        parts = []
+        for m in dict.fromkeys(m for m, _ in get):
+            if m == "meanflow":
+                continue
+            txt = label(m)
+            if (m, 1) in get:
+                txt += f" 1 step {get[(m, 1)]:.4g} ({get[(m, 1)] / mf1:.1f}x)"
+            best = min((s for mm, s in get if mm == m), key=lambda s: get[(m, s)])
+            if best != 1:
+                txt += f", best {get[(m, best)]:.4g} at {best} steps"
+            parts.append(txt)
+        out.append(f"{ds}: {what} MeanFlow 1 step {mf1:.4g}; " + "; ".join(parts) + ".")
     return "  \n".join(out)
 
 
@@ -416,8 +554,8 @@ def reference_stats(args, model=None):
 
 
 def mnist_steps(args, base: list[str], out: Path) -> int:
-    """Optimizer steps of both MNIST runs: --steps, or from --minutes of MeanFlow training (the plan
-    is saved so that a resumed invocation trains both methods to the same step)."""
+    """Optimizer steps of every MNIST run: --steps, or from --minutes of MeanFlow training (the plan
+    is saved so that a resumed invocation trains every method to the same step)."""
     plan_path = out / "plan.json"
     plan = read_json(plan_path)
     if plan is not None:
@@ -459,7 +597,7 @@ def time_meanflow_step(base: list[str], threads: int, n: int = 20) -> float:
     return float(np.median(times))
 
 
-def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dict:
+def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, key: str) -> dict:
     """FID/KID of `--num-samples` images from `run` at `steps` steps (cached as JSON in the run)."""
     from meanflow.evaluation import evaluate_images
     from meanflow.sampling import generate_uint8
@@ -470,8 +608,7 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dic
     cache = run / "quality" / f"fid-{steps}step-n{n}-seed{args.seed}-{ref_path(args).stem}.json"
     cached = read_json(cache)
     method, net, cfg = load_generator(run)
-    name = cfg.method.name
-    grid = grid_dir / f"mnist-{name}-{steps}step.png"
+    grid = grid_dir / f"mnist-{key}-{steps}step.png"
     if cached is not None and grid.is_file():
         log(f"{run.name} {steps} step(s): FID {cached['fid']:.2f} (cached)")
         return cached
@@ -487,7 +624,7 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path) -> dic
     res = evaluate_images(images, ref, model, batch_size=50, progress=False,
                           kid_subset_size=min(1000, n), seed=args.seed, fid_method="eigh")
     res.pop("_features")
-    row = {"method": name, "steps": steps, **res, "sample_s": gen_s, "inception_s": time.perf_counter() - t0,
+    row = {"method": key, "steps": steps, **res, "sample_s": gen_s, "inception_s": time.perf_counter() - t0,
            "run_dir": str(run), "grid": str(grid),
            "ema": cfg.training.ema_decays[0] if cfg.training.ema_decays else None}
     write_json(cache, row)
@@ -507,31 +644,33 @@ def mnist_part(args) -> None:
     if args.mnist_dir:
         base.append(f"data.data_dir={args.mnist_dir}")
     plan = None
+    wanted = with_steps(select_runs(args.methods), args.sample_steps, "mnist")
     if args.eval_only:
+        from meanflow.training.checkpoint import Checkpoint
+
         runs = {}
         for r in args.eval_only:
-            run = Path(r)
-            from meanflow.training.checkpoint import Checkpoint
-            from meanflow.training.config import config_from_dict
-
-            runs[config_from_dict(Checkpoint(run).config).method.name] = {"run_dir": str(run)}
+            cfg = Checkpoint(r).config
+            key = next((w.name for w in wanted if w.method == cfg["method"]["name"] and w.name not in runs),
+                       cfg["method"]["name"])
+            runs[key] = {"run_dir": str(r), "teacher": None}
+        wanted = [r for r in wanted if r.name in runs]
     else:
         steps = mnist_steps(args, base, out)
         plan = read_json(out / "plan.json")
         base.append(f"training.steps={steps}")
-        log(f"training MeanFlow and flow matching for {steps} steps each")
-        runs = train_methods("mnist", base, out, args.jobs, args.train_threads)
+        log(f"training {', '.join(r.name for r in wanted)} for {steps} steps each")
+        runs = train_runs("mnist", base, out, wanted, args.jobs, args.train_threads, "mnist")
     model = inception(args)
     ref = reference_stats(args, model)
     grid_dir = Path(args.grid_dir)
     rows, trainings = [], []
-    for m in METHODS:
-        if m not in runs:
-            continue
-        run = Path(runs[m]["run_dir"])
-        trainings.append({"method": m, "run_dir": str(run), **run_info(run)})
-        for k in (args.mf_steps if m == "meanflow" else args.mnist_fm_steps):
-            rows.append(evaluate_row(args, run, k, ref, model, grid_dir))
+    for r in wanted:
+        run = Path(runs[r.name]["run_dir"])
+        trainings.append({"method": r.name, "run_dir": str(run), "teacher": runs[r.name].get("teacher"),
+                          "settings": method_settings(run), **run_info(run)})
+        for k in r.mnist_steps:
+            rows.append(evaluate_row(args, run, k, ref, model, grid_dir, r.name))
     result = {"rows": rows, "trainings": trainings, "plan": plan, "n": args.num_samples,
               "ref": {"path": str(ref_path(args)), "n": ref.n, "source": ref.source},
               "command": command_line(), "commit": commit0, "commit_end": git_commit(),
@@ -547,7 +686,6 @@ def mnist_part(args) -> None:
 
 def mnist_markdown(res: dict) -> str:
     p, ref = res["preset"], res["ref"]
-    m = p["method"]
     steps = {t["steps"] for t in res["trainings"]}
     plan = res.get("plan") or {}
     how = plan.get("how", "given run folders (--eval-only)")
@@ -561,13 +699,11 @@ def mnist_markdown(res: dict) -> str:
         f"thread(s) each; Inception on {res['eval_threads']} thread(s); load average at start "
         f"{res['load_start']}. Total wall time of this command {fmt_s(res['wall_s'])}.",
         "",
-        f"Both methods: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
+        f"Every method: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
         f"network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
         f"{', '.join(str(s) for s in sorted(steps))} optimizer steps (chosen by {how}); samples from the EMA "
-        f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. MeanFlow: "
-        f"{m['ratio']:.0%} r != t, logit-normal({m['t_mean']}, {m['t_std']}), p = {m['norm_p']}, class "
-        f"dropout {m['class_dropout']}; flow matching uses the same time sampler, no class dropout, and "
-        "Euler steps.",
+        f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. Each method's own "
+        "hyper-parameters are its defaults (`meanflow methods`) except the settings in the training table.",
         "",
         f"FID and KID of {res['n']:,} generated images (uint8, FID Inception-v3 pool3, 28x28 resized to "
         f"299) against the statistics of {ref['source']} (`{Path(ref['path']).name}`). "
@@ -578,7 +714,6 @@ def mnist_markdown(res: dict) -> str:
         "| method | steps (NFE) | FID | KID x 1000 | sampling time | grid |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    grid_dir = Path(res["grid_dir"])
     for r in res["rows"]:
         kid = "-" if r["kid"] is None else f"{r['kid'] * 1000:.2f} +- {r['kid_std'] * 1000:.2f}"
         grid = Path(r["grid"])
@@ -586,15 +721,10 @@ def mnist_markdown(res: dict) -> str:
             link = os.path.relpath(grid, REPO / "docs") if grid.resolve().is_relative_to(REPO) else str(grid)
         except ValueError:
             link = str(grid)
-        lines.append(f"| {LABEL[r['method']]} | {r['steps']} | {r['fid']:.2f} | {kid} | "
+        lines.append(f"| {label(r['method'])} | {r['steps']} | {r['fid']:.2f} | {kid} | "
                      f"{r['sample_s']:.1f} s | [{grid.name}]({link}) |")
-    lines += ["", "Training:", "", "| method | steps | wall time | s/step (median of logged intervals) |",
-              "|---|---:|---:|---:|"]
-    for t in res["trainings"]:
-        sps = "-" if t["sec_per_step"] is None else f"{t['sec_per_step']:.3f} s"
-        lines.append(f"| {t['method']} | {t['steps']} | {fmt_s(t['train_wall_s'])} | {sps} |")
-    lines += ["", comparison(res["rows"], "fid", "FID")]
-    del grid_dir
+    lines += ["", "Training:", "", *methods_table(res["trainings"], "s"), "",
+              comparison(res["rows"], "fid", "FID")]
     return "\n".join(lines) + "\n"
 
 
@@ -613,19 +743,21 @@ def parse_args(argv=None):
     p.add_argument("--train-threads", type=int, default=1, help="torch threads per training run")
     p.add_argument("--eval-threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads for sampling and Inception")
-    p.add_argument("--mf-steps", type=int_list, default=[1, 2], help="MeanFlow sampling steps")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(r.name for r in RUNS)} (default: all; a "
+                        "teacher's run is added when needed)")
+    p.add_argument("--sample-steps", action="append", default=[], metavar="NAME=LIST",
+                   help="sampling steps of one method's rows, e.g. flow_matching=1,2,10 (repeatable)")
     g = p.add_argument_group("toy")
     g.add_argument("--toy-datasets", default="checkerboard,8gaussians")
     g.add_argument("--toy-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     g.add_argument("--toy-points", type=int, default=None, help="training points (default: the preset's)")
     g.add_argument("--toy-samples", type=int, default=4096, help="samples and held-out points per row")
-    g.add_argument("--toy-fm-steps", type=int_list, default=[1, 2, 10, 100])
     g = p.add_argument_group("mnist")
     g.add_argument("--minutes", type=float, default=30.0,
-                   help="MeanFlow training budget; sets the steps of both methods (unless --steps)")
-    g.add_argument("--steps", type=int, default=None, help="optimizer steps of both methods")
+                   help="MeanFlow training budget; sets the steps of every method (unless --steps)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps of every method")
     g.add_argument("--num-samples", type=int, default=2000, help="generated images per row")
-    g.add_argument("--mnist-fm-steps", type=int_list, default=[1, 2, 10, 50])
     g.add_argument("--mnist-dir", default=str(SHARED_MNIST) if SHARED_MNIST.is_dir() else None)
     g.add_argument("--ref-split", default="test")
     g.add_argument("--ref-images", type=int, default=None, help="first N reference images (default: all)")

@@ -33,7 +33,7 @@ DATASET_SIZES = {"cifar10": 50_000, "latents": 1_281_167}
 
 
 def coverage(method, draws: int, near: float, seed: int = 0) -> dict[str, float]:
-    """Fractions of `draws` sampled pairs (r <= t) by interval length, for a MethodConfig `method`."""
+    """Fractions of `draws` sampled pairs (r <= t) by interval length, for a MeanFlow `method`."""
     g = torch.Generator().manual_seed(seed)
     t, r = sample_t_r(draws, ratio=method.ratio, time_dist=method.time_dist, t_mean=method.t_mean,
                       t_std=method.t_std, r_mean=method.r_mean, r_std=method.r_std,
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
         cfg = resolve_config(name, overrides=args.set)
         if cfg.method.name != "meanflow":
             raise SystemExit(f"preset {name!r} trains {cfg.method.name}, not meanflow")
-        cov = coverage(cfg.method, args.draws, args.near)
+        cov = coverage(cfg.method.build(cfg.expected_classes()), args.draws, args.near)
         size = args.dataset_size or DATASET_SIZES.get(cfg.data.name)
         steps = cfg.training.steps if cfg.training.epochs is None or size is None else \
             cfg.training.total_steps(size)
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
           "| near (0,1) per run |")
     print("|---|---|" + "---:|" * (len(keys) + 2))
     for name, cov, long_pairs, near_pairs, cfg in rows:
-        m = cfg.method
+        m = cfg.method.build(cfg.expected_classes())
         r_part = "" if m.time_pairing == "sort" else f", r {m.r_mean}/{m.r_std}"
         sampler = f"{m.time_dist} t {m.t_mean}/{m.t_std}{r_part}, {m.time_pairing}"
         cells = " | ".join(f"{v:.3g}" for v in cov.values())

@@ -1,5 +1,5 @@
-"""Plumbing of benchmarks/quality.py at a toy scale: train both methods a few steps, evaluate, write
-the markdown section, resume from the cached runs, and keep text outside the markers."""
+"""Plumbing of benchmarks/quality.py at a toy scale: train methods a few steps, evaluate, write the
+markdown section, resume from the cached runs, and keep text outside the markers."""
 
 import json
 
@@ -34,7 +34,8 @@ def test_update_section_keeps_other_text(quality, tmp_path):
 def test_toy_part_end_to_end_and_resume(quality, tmp_path, one_thread):
     out, md = tmp_path / "out", tmp_path / "results.md"
     argv = ["--part", "toy", "--toy-datasets", "checkerboard", "--toy-steps", "4", "--toy-points", "2000",
-            "--toy-samples", "64", "--toy-fm-steps", "1,3", "--jobs", "1", "--eval-threads", "1",
+            "--toy-samples", "64", "--methods", "meanflow,flow_matching",
+            "--sample-steps", "flow_matching=1,3", "--jobs", "1", "--eval-threads", "1",
             "--out", str(out), "--results", str(md)]
     quality.main(argv)
     res = json.loads((out / "toy" / "results.json").read_text())
@@ -65,10 +66,9 @@ def test_mnist_markdown(quality):
            "command": "python benchmarks/quality.py", "commit": "abc", "hardware": "cpu", "load_start": "0",
            "wall_s": 1.0, "jobs": 2, "train_threads": 1, "eval_threads": 2, "date": "today",
            "grid_dir": "/tmp",
-           "preset": {"network": "unet", "batch": 64, "lr": 1e-3, "ema": 0.999,
-                      "method": {"ratio": 0.75, "t_mean": -0.6, "t_std": 1.6, "norm_p": 1.0,
-                                 "class_dropout": 0.1}}}
+           "preset": {"network": "unet", "batch": 64, "lr": 1e-3, "ema": 0.999}}
+    res["trainings"][0]["settings"] = "ratio=0.75, t_mean=-0.6"
     text = quality.mnist_markdown(res)
     assert "biased upward" in text and "| MeanFlow | 1 | 20.00 |" in text
-    assert "MeanFlow: 75% r != t, logit-normal(-0.6, 1.6)" in text  # the run's settings, not the preset's
-    assert "(10.0x)" in text and "flow matching 50 steps 10" in text
+    assert "| MeanFlow | ratio=0.75, t_mean=-0.6 | 10 |" in text  # the run's settings, not the preset's
+    assert "flow matching (Euler) 1 step 200 (10.0x), best 10 at 50 steps" in text

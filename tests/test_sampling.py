@@ -84,3 +84,45 @@ def test_load_generator_round_trip(tmp_path):
         load.load_generator(run, ema=0.5)
     with pytest.raises(UserError, match="--ema"):
         load.load_generator(run, ema="fast")
+
+
+class _NoisySampler(MeanFlow):
+    """MeanFlow steps plus fresh noise after each step: a stand-in for a stochastic sampler."""
+
+    def sample(self, net, noise, y=None, steps=1, schedule=None, *, net_kwargs=None, generator=None):
+        from meanflow.methods.base import fresh_noise
+
+        z = noise
+        for _ in range(steps):
+            z = super().sample(net, z, y, steps=1) + 0.1 * fresh_noise(z, generator)
+        return z
+
+
+def test_stochastic_sampler_noise_depends_only_on_seed_and_index():
+    net, method = _image_net(), _NoisySampler()
+    a = sampling.generate(method, net, 0, 20, steps=3, seed=1, batch_size=20)
+    b = sampling.generate(method, net, 0, 20, steps=3, seed=1, batch_size=3)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    c = sampling.generate(method, net, 5, 20, steps=3, seed=1, batch_size=4)
+    torch.testing.assert_close(a[5:], c, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, sampling.generate(method, net, 0, 20, steps=3, seed=2, batch_size=20))
+    # the fresh draws differ from the starting noise and from each other
+    src = sampling.SampleNoise(0, 4, seed=1)
+    x = torch.zeros(4, 1, 4, 4)
+    d1, d2 = src.randn_like(x), src.randn_like(x)
+    assert not torch.equal(d1, d2) and not torch.equal(d1, sampling.noise_for(0, 4, (1, 4, 4), seed=1))
+    with pytest.raises(ValueError, match="covers 4"):
+        src.randn_like(torch.zeros(5, 1, 4, 4))
+
+
+def test_fresh_noise_sources():
+    from meanflow.methods.base import fresh_noise
+
+    like = torch.zeros(3, 2, dtype=torch.float64)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a, b = fresh_noise(like, g1), fresh_noise(like, g2)
+    assert a.dtype == torch.float64 and a.shape == (3, 2) and torch.equal(a, b)
+    torch.manual_seed(3)
+    c = fresh_noise(like)
+    torch.manual_seed(3)
+    assert torch.equal(c, torch.randn_like(like))

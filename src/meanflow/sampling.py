@@ -23,19 +23,42 @@ from meanflow.utils.images import to_uint8
 NOISE_BLOCK = 1024
 
 
-def _block_seed(seed: int, block: int) -> int:
-    return int(np.random.SeedSequence([seed, block, 0x5A3]).generate_state(1, np.uint64)[0] >> 1)
+def _block_seed(seed: int, block: int, stream: int = 0) -> int:
+    key = [seed, block, 0x5A3] if stream == 0 else [seed, block, 0x5A3, stream]
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
 
 
-def noise_for(start: int, stop: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Gaussian noise of samples [start, stop): float32 [stop - start, *shape] on the CPU."""
+def noise_for(start: int, stop: int, shape: tuple[int, ...], seed: int, stream: int = 0) -> torch.Tensor:
+    """Gaussian noise of samples [start, stop): float32 [stop - start, *shape] on the CPU.
+
+    Stream 0 is the starting noise of `generate`; stream k >= 1 is the k-th fresh draw of a stochastic
+    sampler (`SampleNoise`)."""
     out = []
     for b in range(start // NOISE_BLOCK, math.ceil(stop / NOISE_BLOCK)):
-        g = torch.Generator().manual_seed(_block_seed(seed, b))
+        g = torch.Generator().manual_seed(_block_seed(seed, b, stream))
         block = torch.randn((NOISE_BLOCK, *shape), generator=g)
         lo, hi = max(start - b * NOISE_BLOCK, 0), min(stop - b * NOISE_BLOCK, NOISE_BLOCK)
         out.append(block[lo:hi])
     return torch.cat(out) if out else torch.empty((0, *shape))
+
+
+class SampleNoise:
+    """Fresh noise for a stochastic sampler working on samples [start, stop) (a `NoiseSource` of
+    `meanflow.methods.base`): the k-th call of `randn_like` returns stream k of `noise_for`, so the
+    noise sample i sees at its k-th draw depends only on (seed, i, k), not on the batch it is in.
+    """
+
+    def __init__(self, start: int, stop: int, seed: int) -> None:
+        self.start, self.stop, self.seed = start, stop, seed
+        self.draws = 0
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Next draw, shaped, typed and placed like `x` ``[stop - start, *S]``."""
+        if x.shape[0] != self.stop - self.start:
+            raise ValueError(f"SampleNoise covers {self.stop - self.start} samples, asked for {x.shape[0]}")
+        self.draws += 1
+        e = noise_for(self.start, self.stop, tuple(x.shape[1:]), self.seed, stream=self.draws)
+        return e.to(x.device, x.dtype)
 
 
 def labels_for(start: int, stop: int, num_classes: int, class_label: int | None) -> torch.Tensor | None:
@@ -72,7 +95,8 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
              shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> torch.Tensor:
     """Samples [start, stop) as float32 [stop - start, *shape] on the CPU (images in [-1, 1]).
 
-    Calls `method.sample(net, noise, y, steps=steps)` in batches of `batch_size`. A network trained
+    Calls `method.sample(net, noise, y, steps=steps, generator=SampleNoise(...))` in batches of
+    `batch_size`; sample i depends only on (seed, i), for stochastic samplers too. A network trained
     with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation, as in EDM.
     """
     if steps < 1:
@@ -91,7 +115,8 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
         y = None if y is None else y.to(device)
         kw = generation_kwargs(net, hi - lo, device)
         extra = {} if kw is None else {"net_kwargs": kw}
-        outs.append(method.sample(net, e, y, steps=steps, **extra).float().cpu())
+        gen = SampleNoise(lo, hi, seed)
+        outs.append(method.sample(net, e, y, steps=steps, generator=gen, **extra).float().cpu())
     return torch.cat(outs) if outs else torch.empty((0, *shape))
 
 

@@ -301,7 +301,9 @@ def test_eval_checkpoint_generated_samples_disk_full(real, tmp_path, cheap_model
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    monkeypatch.setattr(load, "load_generator", lambda path, ema=None, device="cpu": ("m", "n", "c"))
+    from meanflow.methods import MeanFlow
+
+    monkeypatch.setattr(load, "load_generator", lambda path, ema=None, device="cpu": (MeanFlow(), "n", "c"))
     monkeypatch.setattr(sampling, "generate_uint8", lambda method, net, n, **kw: _images(n))
     monkeypatch.setattr(np, "savez", _no_space)
     path = run_dir / "samples_n8_steps1_seed0.npz"

@@ -3,8 +3,8 @@
 import pytest
 
 from meanflow.errors import UserError
-from meanflow.training.config import (
-    Config,
+from meanflow.training.config import Config
+from meanflow.training.config_io import (
     config_diff,
     config_from_dict,
     config_to_dict,
@@ -83,7 +83,7 @@ def test_overrides_yaml_and_flag_layering(tmp_path):
     f.write_text("preset: toy-2d\ntraining:\n  lr: 0.005\n  seed: 3\nnetwork:\n  kwargs: {hidden: 32}\n")
     cfg = resolve_config(None, f, ["training.seed=7", "method.ratio=0.5", "training.betas=[0.8, 0.9]"])
     assert cfg.preset == "toy-2d" and cfg.data.name == "checkerboard"
-    assert cfg.training.lr == 0.005 and cfg.training.seed == 7 and cfg.method.ratio == 0.5
+    assert cfg.training.lr == 0.005 and cfg.training.seed == 7 and cfg.method.kwargs["ratio"] == 0.5
     assert cfg.training.betas == (0.8, 0.9)
     assert cfg.network.kwargs == {"hidden": 32}  # kwargs replaced whole, not merged
     # an explicit --preset wins over the file's preset key

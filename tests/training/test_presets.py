@@ -1,5 +1,7 @@
 """The paper presets reproduce the published settings of SPEC §1 exactly."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from meanflow.training.presets import resolve_config
@@ -21,12 +23,13 @@ def test_imagenet_presets(name):
     assert c.data.name == "latents" and c.data.use_labels
     assert c.network.name == net
     assert c.network.kwargs == {"input_size": 32, "in_channels": 4, "num_classes": 1000}
-    t, m = c.training, c.method
+    t, m = c.training, SimpleNamespace(**c.method.kwargs)
+    assert c.method.name == "meanflow"
     assert (t.batch_size, t.lr, t.betas, t.weight_decay) == (256, 1e-4, (0.9, 0.95), 0.0)
     assert t.optimizer in ("adam", "adamw") and t.warmup_steps == 0 and t.warmup_epochs is None
     assert (t.epochs, t.steps, t.ema_decays, t.grad_accum) == (epochs, None, [0.9999], 1)
     assert t.grad_clip is None and not t.ema_warmup
-    assert m.name == "meanflow" and m.time_dist == "logit_normal" and m.time_pairing == "sort"
+    assert m.time_dist == "logit_normal" and m.time_pairing == "sort"
     assert (m.t_mean, m.t_std, m.r_mean, m.r_std) == (-0.4, 1.0, -0.4, 1.0)
     assert (m.ratio, m.norm_p, m.norm_eps, m.class_dropout) == (0.25, 1.0, 0.01, 0.1)
     if omega is not None:
@@ -41,7 +44,8 @@ def test_cifar10_presets(name):
     assert c.network.name == "unet"
     assert c.network.kwargs == {"model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
                                 "attn_resolutions": [16], "dropout": 0.2}
-    t, m = c.training, c.method
+    t, m = c.training, SimpleNamespace(**c.method.kwargs)
+    assert c.method.name == "meanflow"
     assert (t.batch_size, t.optimizer, t.lr) == (1024, "adam", 6e-4)
     assert (t.betas, t.weight_decay) == ((0.9, 0.999), 0.0)
     assert t.warmup_epochs == 200 and t.ema_decays == [0.9999, 0.99995, 0.9996]

@@ -62,7 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--ref", required=True, metavar="PATH",
                    help="reference statistics .npz (from ref-stats), or reference images")
     p.add_argument("--num-samples", type=int, default=50000, help="samples to generate (with --checkpoint)")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps (with --checkpoint)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (with --checkpoint; default: the method's own, 1 for the one-step "
+                        "methods)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, also for KID subsets")
     p.add_argument("--class-label", type=int, default=None, help="generate one class only")
     p.add_argument("--ema", default=None, help="which EMA weights to sample with (see `meanflow sample`)")
@@ -178,7 +180,7 @@ def _generated_path(args) -> Path:
 def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if args.num_samples < 2:
         raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     from meanflow.evaluation.fid import gather_rows, rank_and_world, shard_range
     from meanflow.sampling import generate_uint8
@@ -188,6 +190,8 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
     method, net, _ = load_generator(str(ckpt), ema=args.ema, device=args.device)
+    if args.steps is None:
+        args.steps = method.default_steps
     # Each rank draws its own slice of the samples; gathered, they equal a single process's set.
     local = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meanflow.training.config import config_to_yaml
+from meanflow.training.config_io import config_to_yaml
 from meanflow.training.presets import DEFAULT_PRESET, PRESETS, resolve_config
 
 

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
                                           "and an .npz of uint8 images [N, H, W, C].")
     p.add_argument("path", metavar="RUN_OR_CKPT", help="run folder (newest checkpoint) or checkpoint file")
     p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--steps", type=int, default=1, help="sampling steps (default 1: one-step generation)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: the method's own, 1 for the one-step methods; "
+                        "see `meanflow methods`)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="generate this class only (class-conditional models)")
     p.add_argument("--ema", default=None,
@@ -64,17 +66,19 @@ def run(args) -> int:
 
     if args.num < 1:
         raise UserError(f"-n must be >= 1, got {args.num}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available")
+    method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
+    if args.steps is None:
+        args.steps = method.default_steps
     out = _out_base(args)
     label = f"--out {args.out}" if args.out is not None else f"output {out}"
     for suffix in (".npz", ".png"):  # fail before the expensive part
         prepare_output(out.with_suffix(suffix), label, create=False)
-    method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
     shape, classes = model_info(net)
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                  class_label=args.class_label, device=args.device)

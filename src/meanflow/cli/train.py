@@ -7,11 +7,13 @@ import sys
 
 from meanflow.errors import UserError
 from meanflow.training.checkpoint import Checkpoint
-from meanflow.training.config import config_from_dict, config_to_yaml
+from meanflow.training.config_io import apply_overrides, config_from_dict, config_to_yaml
 from meanflow.training.presets import resolve_config
 
-# Explicit flags and the config keys they set (applied after --set, so they win).
+# Explicit flags and the config keys they set (applied after --set, so they win; with the --set
+# overrides they form one layer, so `--method NAME` drops the kwargs of the method below).
 FLAGS = {
+    "method": "method.name",
     "steps": "training.steps",
     "batch_size": "training.batch_size",
     "lr": "training.lr",
@@ -31,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, metavar="YAML", help="YAML file of config overrides")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set training.lr=1e-4 (repeatable)")
+    p.add_argument("--method", default=None, metavar="NAME",
+                   help="method.name (see `meanflow methods`); another method starts from its own defaults")
     p.add_argument("--steps", type=int, default=None, help="training.steps")
     p.add_argument("--batch-size", type=int, default=None, help="training.batch_size (global)")
     p.add_argument("--lr", type=float, default=None, help="training.lr")
@@ -65,13 +69,7 @@ def resolve(args):
     checks that they match the checkpoint."""
     flags = flag_overrides(args)
     if args.resume and args.preset is None and args.config is None and not args.overrides:
-        from meanflow.training.config import merge, parse_override, set_path
-
-        data = merge({}, Checkpoint(args.resume).config)
-        for text in flags:
-            path, value = parse_override(text)
-            set_path(data, path, value)
-        return config_from_dict(data)
+        return config_from_dict(apply_overrides(Checkpoint(args.resume).config, flags))
     return resolve_config(args.preset, args.config, [*args.overrides, *flags])
 
 

@@ -1,24 +1,33 @@
 """Training objectives and samplers. A method holds hyper-parameters only, never weights.
 
-Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None) -> LossOutput`` and
-``sample(net, noise, y=None, steps=1, schedule=None) -> Tensor``.
+Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
+``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
+Registered names (``METHODS``): meanflow, flow_matching, ct, ict, cd, shortcut.
 """
 
 from meanflow.methods.base import CONTEXT_KEYS, LossOutput, Method, Progress
+from meanflow.methods.consistency_distillation import ConsistencyDistillation
+from meanflow.methods.consistency_training import ConsistencyTraining
 from meanflow.methods.flow_matching import FlowMatching
+from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.jvp import jvp, supports_tangents
 from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.registry import METHODS, build_method
+from meanflow.methods.shortcut import ShortcutModel
 from meanflow.methods.time_sampling import sample_t_r, sample_time, uniform_schedule
 
 __all__ = [
     "CONTEXT_KEYS",
     "METHODS",
+    "ConsistencyDistillation",
+    "ConsistencyTraining",
     "FlowMatching",
+    "ImprovedConsistencyTraining",
     "LossOutput",
     "MeanFlow",
     "Method",
     "Progress",
+    "ShortcutModel",
     "build_method",
     "jvp",
     "sample_t_r",

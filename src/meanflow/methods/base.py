@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +69,10 @@ class Method(abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset()
     """The training context (a subset of :data:`CONTEXT_KEYS`) that :meth:`loss` takes as keywords."""
 
+    default_steps: ClassVar[int] = 1
+    """Sampling steps the method is meant to be used with (one-step methods 1, an ODE sampler more):
+    the grids drawn during and at the end of training and `meanflow sample` use it unless told."""
+
     def target_decay(self, progress: Progress) -> float:
         """EMA decay of the target network after the step described by `progress` (methods whose
         :attr:`needs` holds ``"target"``; 0 makes the target a copy of the online network)."""
@@ -112,11 +116,35 @@ class Method(abc.ABC):
         schedule: Tensor | None = None,
         *,
         net_kwargs: dict | None = None,
+        generator: NoiseSource = None,
     ) -> Tensor:
         """Map noise ``[B, *S]`` at t = 1 to samples ``[B, *S]`` at t = 0.
 
-        ``net_kwargs`` are extra keyword inputs passed unchanged to every network call.
+        ``net_kwargs`` are extra keyword inputs passed unchanged to every network call. A stochastic
+        sampler (consistency multistep, SDE samplers) draws its fresh noise with
+        :func:`fresh_noise` from ``generator``; deterministic samplers ignore it.
         """
+
+
+NoiseSource = Union[torch.Generator, "SupportsRandnLike", None]
+"""Where a stochastic sampler's fresh noise comes from: a ``torch.Generator``, an object with
+``randn_like(x)`` (``meanflow.sampling.SampleNoise``: draw k of sample i depends only on (seed, i, k),
+whatever the batch), or ``None`` (the global RNG)."""
+
+
+class SupportsRandnLike(Protocol):
+    def randn_like(self, x: Tensor) -> Tensor: ...
+
+
+def fresh_noise(like: Tensor, generator: NoiseSource = None) -> Tensor:
+    """A new standard normal draw shaped, typed and placed like ``like`` (``[B, *S]``), from
+    ``generator`` (see :data:`NoiseSource`)."""
+    if generator is None:
+        return torch.randn_like(like)
+    if isinstance(generator, torch.Generator):
+        out = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
+        return out.to(like.device)
+    return generator.randn_like(like).to(like.device, like.dtype)
 
 
 def expand_like(a: Tensor, x: Tensor) -> Tensor:

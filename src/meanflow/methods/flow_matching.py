@@ -9,6 +9,7 @@ loss). Sampling integrates ``dz/dt = v`` from t = 1 down to t = 0 with Euler or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from meanflow.errors import UserError
 from meanflow.methods.base import (
     LossOutput,
     Method,
+    NoiseSource,
     check_override,
     interpolate,
     per_sample_sq,
@@ -42,6 +44,8 @@ class FlowMatching(Method):
     t_mean: float = 0.0
     t_std: float = 1.0
     solver: str = "euler"
+
+    default_steps: ClassVar[int] = 50
 
     def __post_init__(self) -> None:
         check_time_dist(self.time_dist, self.t_std)
@@ -108,6 +112,7 @@ class FlowMatching(Method):
         schedule: Tensor | None = None,
         *,
         net_kwargs: dict | None = None,
+        generator: NoiseSource = None,
     ) -> Tensor:
         """Integrate ``dz/dt = v`` from t = 1 (noise) to t = 0 (data).
 
@@ -121,6 +126,7 @@ class FlowMatching(Method):
             steps: Number of steps k >= 1.
             schedule: Optional decreasing grid ``[k + 1]`` from 1 to 0.
             net_kwargs: Extra keyword inputs passed unchanged to every network call.
+            generator: Unused (the sampler is deterministic given the noise).
 
         Returns:
             Samples ``[B, *S]``.

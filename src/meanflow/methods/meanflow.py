@@ -23,6 +23,7 @@ from meanflow.errors import UserError
 from meanflow.methods.base import (
     LossOutput,
     Method,
+    NoiseSource,
     check_override,
     expand_like,
     interpolate,
@@ -261,6 +262,7 @@ class MeanFlow(Method):
         schedule: Tensor | None = None,
         *,
         net_kwargs: dict | None = None,
+        generator: NoiseSource = None,
     ) -> Tensor:
         """One- or few-step generation (paper Algorithm 2).
 
@@ -275,6 +277,7 @@ class MeanFlow(Method):
             steps: Number of steps k >= 1.
             schedule: Optional decreasing grid ``[k + 1]`` from 1 to 0.
             net_kwargs: Extra keyword inputs passed unchanged to every network call.
+            generator: Unused (the sampler is deterministic given the noise).
 
         Returns:
             Samples ``[B, *S]``.

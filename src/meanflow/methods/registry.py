@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from meanflow.errors import UserError
 from meanflow.methods.base import Method
+from meanflow.methods.consistency_distillation import ConsistencyDistillation
+from meanflow.methods.consistency_training import ConsistencyTraining
 from meanflow.methods.flow_matching import FlowMatching
+from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.meanflow import MeanFlow
+from meanflow.methods.shortcut import ShortcutModel
 
 METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "flow_matching": FlowMatching,
+    "ct": ConsistencyTraining,
+    "ict": ImprovedConsistencyTraining,
+    "cd": ConsistencyDistillation,
+    "shortcut": ShortcutModel,
 }
 
 

@@ -104,6 +104,6 @@ def build_net(cfg: Config, shape: tuple[int, ...], classes: int) -> nn.Module:
 
 
 def build_method_from(cfg: Config, classes: int):
-    from meanflow.methods import build_method
-
-    return build_method(cfg.method.name, **cfg.method.method_kwargs(classes))
+    """The method `cfg.method.name` with `cfg.method.kwargs`; `num_classes` (when the method takes it
+    and the config does not set it) is the data's class count `classes`."""
+    return cfg.method.build(classes)

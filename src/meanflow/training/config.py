@@ -1,23 +1,20 @@
 """Typed configuration of a training run: five sections, validated on construction.
 
-A `Config` is plain data. It is built from a nested dict (defaults <- preset <- YAML file <- `--set`
-overrides, see `resolve_config`), validated in `__post_init__` (raising `UserError`), printed, and
-saved beside the run as `config.yaml` / `config.json` so that the run can be reproduced and resumed.
-The dataclass defaults are the default job: one-step MeanFlow on scikit-learn's 8x8 digits.
+A `Config` is plain data, validated in `__post_init__` (raising `UserError`). It is built from a
+nested dict (defaults <- preset <- YAML file <- `--set` overrides; see `config_io` and
+`resolve_config`), printed, and saved beside the run as `config.yaml` / `config.json` so that the run
+can be reproduced and resumed. The dataclass defaults are the default job: one-step MeanFlow on
+scikit-learn's 8x8 digits. The method section is `{name, kwargs}` like the network's: the method's
+dataclass declares its hyper-parameters, and the config is validated by building it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import inspect
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from meanflow.errors import UserError
 
@@ -31,6 +28,8 @@ IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
     "latents": (4, 32, 32),
 }
 LABELLED = {"digits", "mnist", "fashion-mnist", "cifar10", "latents"}
+# Classes of the labelled image datasets ('latents' has network.kwargs.num_classes, default 1000).
+CLASS_COUNTS = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 # The 2-D toy distributions of `meanflow.data.toy2d` (design.md); kept here so that validation does
 # not have to import the data package.
 TOY_NAMES = ("checkerboard", "8gaussians", "moons", "spirals")
@@ -103,71 +102,74 @@ class NetworkConfig:
 @dataclass
 class MethodConfig:
     name: str = "meanflow"
-    """Training objective / sampler: 'meanflow' or 'flow_matching'."""
-    ratio: float = 0.25
-    """Fraction of the batch with r != t (0 = plain flow matching)."""
-    time_dist: str = "logit_normal"
-    """Distribution of t and r: 'logit_normal' or 'uniform'."""
-    t_mean: float = -0.4
-    """Logit-normal mean of t."""
-    t_std: float = 1.0
-    """Logit-normal std of t."""
-    r_mean: float = -0.4
-    """Logit-normal mean of r (differs from t only in the CIFAR-10 'v1' sampler)."""
-    r_std: float = 1.0
-    """Logit-normal std of r."""
-    time_pairing: str = "sort"
-    """How (t, r) are ordered: 'sort' (paper) or 'min' (official CIFAR-10 code 'v1': r = min(t, r))."""
-    norm_p: float = 1.0
-    """Adaptive loss weight power p: loss / stopgrad((err + c)^p); 0 = plain squared error."""
-    norm_eps: float = 0.01
-    """Adaptive loss weight constant c."""
-    omega: float = 1.0
-    """Guidance scale folded into training (1 = none)."""
-    kappa: float = 0.0
-    """Mixing factor of the conditional velocity in the guided target."""
-    t_start: float = 0.0
-    """Start of the guidance interval in t."""
-    t_end: float = 1.0
-    """End of the guidance interval in t."""
-    class_dropout: float = 0.0
-    """Probability of replacing the class label by the null class during training."""
-    solver: str = "euler"
-    """ODE solver of flow matching sampling: 'euler' or 'heun' (flow_matching only)."""
+    """Registry name passed to `meanflow.methods.build_method` ('meanflow', 'flow_matching', ...;
+    `meanflow methods` lists them with their hyper-parameters)."""
+    kwargs: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_METHOD_KWARGS))
+    """Hyper-parameters: the fields of the method's dataclass, the only place they are declared.
+    `num_classes` is filled in from the data unless given. Once the `Config` is validated this holds
+    every field (defaults included), so the saved config lists them all."""
 
     def __post_init__(self) -> None:
-        _check(self.name in ("meanflow", "flow_matching"),
-               f"method.name must be 'meanflow' or 'flow_matching', got {self.name!r}")
-        _check(0.0 <= self.ratio <= 1.0, f"method.ratio must be in [0, 1], got {self.ratio}")
-        _check(self.time_dist in ("logit_normal", "uniform"),
-               f"method.time_dist must be 'logit_normal' or 'uniform', got {self.time_dist!r}")
-        _check(self.t_std > 0 and self.r_std > 0, "method.t_std and method.r_std must be > 0")
-        _check(self.time_pairing in ("sort", "min"),
-               f"method.time_pairing must be 'sort' or 'min', got {self.time_pairing!r}")
-        _check(self.norm_p >= 0, f"method.norm_p must be >= 0, got {self.norm_p}")
-        _check(self.norm_eps > 0, f"method.norm_eps must be > 0, got {self.norm_eps}")
-        _check(0.0 <= self.kappa < 1.0, f"method.kappa must be in [0, 1), got {self.kappa}")
-        _check(0.0 <= self.t_start <= 1.0 and 0.0 <= self.t_end <= 1.0,
-               f"method.t_start and method.t_end must be in [0, 1], got {self.t_start}, {self.t_end}")
-        _check(self.t_start <= self.t_end,
-               f"method.t_start ({self.t_start}) must be <= method.t_end ({self.t_end})")
-        _check(0.0 <= self.class_dropout <= 1.0,
-               f"method.class_dropout must be in [0, 1], got {self.class_dropout}")
-        _check(self.solver in ("euler", "heun"),
-               f"method.solver must be 'euler' or 'heun', got {self.solver!r}")
+        _check(isinstance(self.name, str) and self.name != "", "method.name must be a non-empty string")
+        _check(isinstance(self.kwargs, dict), "method.kwargs must be a mapping")
 
-    @property
-    def uses_guidance(self) -> bool:
-        return self.omega != 1.0 or self.kappa != 0.0
+    def build(self, num_classes: int):
+        """The method object: `build_method(name, **kwargs)`, with `num_classes` filled in when the
+        method takes it and `kwargs` does not set it. Errors are `UserError`s naming `method.*`."""
+        from meanflow.methods.registry import METHODS, build_method
 
-    def method_kwargs(self, num_classes: int) -> dict[str, Any]:
-        """Keyword arguments of `build_method(self.name, ...)` (design.md method dataclasses)."""
-        if self.name == "flow_matching":
-            return {"time_dist": self.time_dist, "t_mean": self.t_mean, "t_std": self.t_std,
-                    "solver": self.solver}
-        names = ("ratio", "time_dist", "t_mean", "t_std", "r_mean", "r_std", "time_pairing", "norm_p",
-                 "norm_eps", "omega", "kappa", "t_start", "t_end", "class_dropout")
-        return {**{k: getattr(self, k) for k in names}, "num_classes": num_classes}
+        cls = METHODS.get(self.name)
+        kw = {k: _as_field_type(cls, k, v) for k, v in self.kwargs.items()}
+        if cls is not None and "num_classes" in _field_names(cls) and "num_classes" not in kw:
+            kw["num_classes"] = num_classes
+        try:
+            return build_method(self.name, **kw)
+        except UserError as e:
+            raise UserError(f"method.{'kwargs' if cls is not None else 'name'}: {e}") from None
+        except (TypeError, ValueError) as e:  # a value of the wrong type met in __post_init__
+            raise UserError(f"method.kwargs: bad options for method {self.name!r}: {e}") from None
+
+    def completed(self, method) -> dict[str, Any]:
+        """`kwargs` with every init field of the built `method` (tuples as lists), `num_classes` only
+        when `kwargs` sets it: what the saved config records."""
+        if not dataclasses.is_dataclass(method):
+            return dict(self.kwargs)
+        out = {f.name: _plain(getattr(method, f.name)) for f in dataclasses.fields(method) if f.init}
+        if "num_classes" not in self.kwargs:
+            out.pop("num_classes", None)
+        return out
+
+
+# The default job's hyper-parameters (MeanFlow's own defaults, spelled out as the default config).
+DEFAULT_METHOD_KWARGS: dict[str, Any] = {
+    "ratio": 0.25, "time_dist": "logit_normal", "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4, "r_std": 1.0,
+    "time_pairing": "sort", "norm_p": 1.0, "norm_eps": 0.01, "omega": 1.0, "kappa": 0.0, "t_start": 0.0,
+    "t_end": 1.0, "class_dropout": 0.0,
+}
+
+
+def _field_names(cls: type) -> list[str]:
+    """Constructor arguments of a method class: its init fields (dataclass) or signature."""
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+    return list(inspect.signature(cls).parameters)
+
+
+def _as_field_type(cls: type | None, key: str, value: Any) -> Any:
+    """A list for a field whose default is a tuple becomes a tuple (YAML and JSON have no tuples)."""
+    if cls is None or not dataclasses.is_dataclass(cls) or not isinstance(value, list):
+        return value
+    f = next((f for f in dataclasses.fields(cls) if f.name == key), None)
+    return tuple(value) if f is not None and isinstance(f.default, tuple) else value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so that the value survives YAML / JSON unchanged."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -327,177 +329,37 @@ class Config:
             _check(self.data.augment_p == 0.0, "data.augment_p applies to images only")
         elif self.data.name in IMAGE_SHAPES and self.data.use_labels:
             _check(self.data.name in LABELLED, f"dataset {self.data.name!r} has no labels")
-        if self.method.name == "meanflow" and (self.method.uses_guidance or self.method.class_dropout > 0):
-            _check(self.data.use_labels, "guidance (method.omega != 1, method.kappa > 0 or "
-                   "method.class_dropout > 0) needs class labels: set data.use_labels=true")
+        self._check_method()
+
+    def expected_classes(self) -> int:
+        """Class count the method is validated with before any data is read: 0 unless
+        `data.use_labels`; else the known count of a labelled dataset (latents: the network's
+        `num_classes`, default 1000); other datasets: the network's `num_classes` or 1 (checked again
+        with the real count once the data is loaded)."""
+        if not self.data.use_labels:
+            return 0
+        if self.data.name in CLASS_COUNTS:
+            return CLASS_COUNTS[self.data.name]
+        count = self.network.kwargs.get("num_classes", 1000 if self.data.name == "latents" else 1)
+        _check(isinstance(count, int) and not isinstance(count, bool),
+               f"network.kwargs.num_classes must be an integer, got {count!r}")
+        return count
+
+    def _check_method(self) -> None:
+        """Validate the method section by building the method, then complete its kwargs."""
+        classes = self.expected_classes()
+        try:
+            method = self.method.build(classes)
+        except UserError as e:
+            if classes > 0 or "num_classes" in self.method.kwargs:
+                raise
+            try:  # would labels fix it? (e.g. guidance or class dropout without labels)
+                self.method.build(1)
+            except UserError:
+                raise e from None
+            raise UserError(f"{e}, i.e. class labels: set data.use_labels=true") from None
+        self.method = dataclasses.replace(self.method, kwargs=self.method.completed(method))
 
     def describe(self) -> str:
         """Short run-folder description, e.g. 'digits-meanflow'."""
         return f"{self.preset or self.data.name}-{self.method.name}".replace("/", "-")
-
-
-# ------------------------------------------------------------------------------------------------
-# dict <-> dataclass, strictly typed
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp` and convert lists to tuples where needed."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0] if errors else UserError(f"{key}: got {value!r}")
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    elif origin is tuple:
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    else:  # pragma: no cover - every annotation used above is handled
-        raise TypeError(f"unsupported annotation {tp} for {key}")
-    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
-
-
-def _from_dict(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"{prefix or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f" in {prefix}" if prefix else ""
-        raise UserError(f"unknown config key {unknown[0]!r}{where} (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _from_dict(tp, value, key)
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a `Config` from a nested dict; missing keys take their defaults."""
-    return _from_dict(Config, data, "")
-
-
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Nested plain-Python dict (tuples as lists) that `config_from_dict` turns back into `cfg`."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def config_to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-
-
-def config_diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs (keys starting with `ignore` skipped)."""
-    out: list[str] = []
-
-    def walk(x: Any, y: Any, key: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in sorted(set(x) | set(y)):
-                walk(x.get(k), y.get(k), f"{key}.{k}" if key else k)
-        elif x != y and not any(key == p or key.startswith(p + ".") for p in ignore):
-            out.append(key)
-
-    walk(config_to_dict(a), config_to_dict(b), "")
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# building a config from layers
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Deep merge of nested dicts. `kwargs` mappings are replaced whole: the keyword arguments of one
-    network make no sense merged into another's."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'training.lr=1e-4' -> (['training', 'lr'], 0.0001). The value is parsed as YAML."""
-    if "=" not in text:
-        raise UserError(f"--set expects KEY=VALUE (e.g. training.lr=1e-4), got {text!r}")
-    key, raw = text.split("=", 1)
-    path = key.strip().split(".")
-    if not all(path):
-        raise UserError(f"--set: bad key {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"--set {key}: cannot parse value {raw!r}") from None
-    # YAML 1.1 reads '1e-4' as a string; numbers written that way are meant as floats.
-    if isinstance(value, str):
-        try:
-            value = float(value) if raw.strip().lower() not in ("nan", "inf", "-inf") else value
-        except ValueError:
-            pass
-    return path, value
-
-
-def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for i, part in enumerate(path[:-1]):
-        nxt = node.get(part)
-        if nxt is None and i >= 1:  # free-form mappings such as network.kwargs
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise UserError(f"unknown config key {'.'.join(path)!r}")
-        node = nxt
-    node[path[-1]] = value
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or JSON) config file into a dict, as a one-line `UserError` on any problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot parse config file {p}: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {p} must hold a mapping at the top level")
-    return data

@@ -43,7 +43,7 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     """
     from meanflow.training.build import build_method_from, build_net
     from meanflow.training.checkpoint import Checkpoint
-    from meanflow.training.config import config_from_dict
+    from meanflow.training.config_io import config_from_dict
 
     ckpt = Checkpoint(path)
     cfg = config_from_dict(ckpt.config)

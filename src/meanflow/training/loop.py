@@ -43,7 +43,8 @@ from meanflow.training.checkpoint import (
     run_dir_of,
     save_checkpoint,
 )
-from meanflow.training.config import Config, config_diff, config_from_dict, config_to_dict, config_to_yaml
+from meanflow.training.config import Config
+from meanflow.training.config_io import config_diff, config_from_dict, config_to_dict, config_to_yaml
 from meanflow.training.ema import EMA
 from meanflow.training.nonfinite import NonFiniteGuard
 from meanflow.training.rundir import next_run_dir
@@ -200,13 +201,18 @@ def _context(needs: frozenset[str], progress: Progress, target, teacher) -> dict
     return {k: have[k] for k in needs}
 
 
-def _load_teacher(cfg: Config, device: torch.device) -> nn.Module:
-    """The frozen teacher network of `training.teacher` (built from the teacher run's own config)."""
+def _load_teacher(cfg: Config, parts: Parts, device: torch.device) -> nn.Module:
+    """The frozen teacher network of `training.teacher` (built from the teacher run's own config); it
+    must generate the student's sample shape with the same classes."""
     if not cfg.training.teacher:
         raise UserError(f"method {cfg.method.name} needs a teacher: set training.teacher=RUN_OR_CHECKPOINT")
     from meanflow.training.load import load_generator
 
     _, teacher, _ = load_generator(cfg.training.teacher, ema=cfg.training.teacher_ema, device=device)
+    shape, classes = tuple(teacher.meanflow_shape), int(teacher.meanflow_num_classes)
+    if shape != tuple(parts.shape) or classes != parts.classes:
+        raise UserError(f"teacher {cfg.training.teacher} generates shape {list(shape)} with {classes} "
+                        f"classes, this run trains shape {list(parts.shape)} with {parts.classes} classes")
     return teacher
 
 
@@ -255,6 +261,29 @@ def optimizer_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None
         optimizer.step()
     elif not skip.item():
         optimizer.step()
+
+
+def apply_update(net: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None,
+                 guard: NonFiniteGuard, loss: torch.Tensor, step: int, ema: EMA, target: TargetNetwork | None,
+                 method, progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one optimizer step of the loop, once the gradients of the step are accumulated.
+
+    Clip (or measure) the global gradient norm, let the non-finite guard judge step `step + 1` from
+    its loss and norm, step the optimizer unless the guard says skip, clear the gradients, then move
+    the EMAs and the method's target network (decay `method.target_decay(progress)`), both masked by
+    the same skip flag. Returns ``(skip, grad_norm)``, 0-dim tensors on the device (no host sync).
+    """
+    if grad_clip is not None:
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    else:
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+    skip = guard.observe(step + 1, loss, gnorm)
+    optimizer_step(optimizer, skip)
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(net, skip)
+    if target is not None:
+        target.update(net, method.target_decay(progress), skip)
+    return skip, gnorm
 
 
 def _make_run_dir(ckpt: Checkpoint | None, out_dir: str, desc: str) -> Path:
@@ -326,7 +355,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
     needs = _method_needs(parts.method)
     target = TargetNetwork(net) if "target" in needs else None
-    teacher = _load_teacher(cfg, device) if "teacher" in needs else None
+    teacher = _load_teacher(cfg, parts, device) if "teacher" in needs else None
     start = 0
     if ckpt is not None:
         ckpt.load_into(net)
@@ -409,8 +438,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             x = generate(parts.method, sample_net, info.rank * per, (info.rank + 1) * per,
-                         steps=lc.sample_steps, seed=tc.seed, batch_size=max(per, 1), device=device,
-                         shape=parts.shape, num_classes=parts.classes)
+                         steps=lc.sample_steps or parts.method.default_steps, seed=tc.seed,
+                         batch_size=max(per, 1), device=device, shape=parts.shape, num_classes=parts.classes)
         x = distributed.all_gather_cat(x.to(device)).cpu()[:n]
         if not info.is_main:
             return
@@ -459,6 +488,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                 x_all, aug_all = augment(x_all, gen)
             step_metrics: dict[str, torch.Tensor] = {}
             loss_sum = torch.zeros((), device=device)
+            progress = Progress(step, total)
+            context = _context(needs, progress, target, teacher)
             for i in range(tc.grad_accum):
                 x = x_all[i * micro:(i + 1) * micro]
                 y = None if y_all is None else y_all[i * micro:(i + 1) * micro]
@@ -467,7 +498,6 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                     "net_kwargs": {"augment_labels": aug_all[i * micro:(i + 1) * micro]}}
                 last = i == tc.grad_accum - 1
                 sync = contextlib.nullcontext() if (last or ddp_net is net) else ddp_net.no_sync()
-                context = _context(needs, Progress(step, total), target, teacher)
                 with sync:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         out = parts.method.loss(ddp_net, x, y, **extra, **context)
@@ -476,18 +506,10 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                 for k, v in out.metrics.items():
                     v = torch.as_tensor(v, dtype=torch.float32).detach().to(device)
                     step_metrics[k] = step_metrics.get(k, 0) + v / tc.grad_accum
+            skip, gnorm = apply_update(net, optimizer, tc.grad_clip, guard, loss_sum, step, ema, target,
+                                       parts.method, progress)
             if tc.grad_clip is not None:
-                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
                 step_metrics["grad_norm"] = gnorm.detach().float()
-            else:
-                grads = [p.grad for p in net.parameters() if p.grad is not None]
-                gnorm = torch.nn.utils.get_total_norm(grads)
-            skip = guard.observe(step + 1, loss_sum, gnorm)
-            optimizer_step(optimizer, skip)
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(net, skip)
-            if target is not None:
-                target.update(net, parts.method.target_decay(Progress(step, total)), skip)
             step += 1
             count += 1
             ok = 1.0 - skip
@@ -547,21 +569,23 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
 
 def _toy_report(cfg: Config, parts: Parts, sample_net: nn.Module, info, run_dir, logger, step, echo) -> None:
-    """Sliced Wasserstein and energy distance between 1-step samples and fresh test points."""
+    """Sliced Wasserstein and energy distance between samples (the method's `default_steps`) and fresh
+    test points."""
     if not info.is_main:
         return
     from meanflow.data import build_dataset
     from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
     from meanflow.sampling import generate
 
-    n = 4096
+    n, steps = 4096, parts.method.default_steps
     ref = build_dataset(cfg.data.name, split="test", n=n, seed=cfg.training.seed).x
     dev = next(sample_net.parameters()).device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        x = generate(parts.method, sample_net, 0, n, steps=1, seed=cfg.training.seed + 1, batch_size=n,
+        x = generate(parts.method, sample_net, 0, n, steps=steps, seed=cfg.training.seed + 1, batch_size=n,
                      device=dev, shape=parts.shape, num_classes=0)
     metrics = {"sliced_wasserstein": float(sliced_wasserstein(x, ref)), "energy_distance":
                float(energy_distance(x, ref))}
-    (run_dir / "metrics.json").write_text(json.dumps({"step": step, "steps": 1, **metrics}, indent=2) + "\n")
+    record = {"step": step, "steps": steps, **metrics}
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.write({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-    echo("1-step samples vs test points: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    echo(f"{steps}-step samples vs test points: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -1,6 +1,7 @@
 """Named presets: the published settings (docs SPEC §1) and small CPU jobs.
 
-A preset is a nested dict of overrides on top of the `Config` defaults (which are the `digits` job).
+A preset is a nested dict of overrides on top of the `Config` defaults (which are the `digits` job);
+its method section is `{name, kwargs}` (the method's own defaults fill the keys not given).
 `resolve_config` layers: defaults <- preset <- YAML file <- `--set KEY=VALUE` overrides.
 """
 
@@ -11,15 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from meanflow.errors import UserError
-from meanflow.training.config import (
-    Config,
-    config_from_dict,
-    config_to_dict,
-    load_yaml,
-    merge,
-    parse_override,
-    set_path,
-)
+from meanflow.training.config import Config
+from meanflow.training.config_io import apply_overrides, config_from_dict, config_to_dict, load_yaml, merge
 
 
 @dataclass(frozen=True)
@@ -40,9 +34,10 @@ _CIFAR10 = {
     "network": {"name": "unet", "kwargs": {
         "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16],
         "dropout": 0.2}},
-    "method": {"name": "meanflow", "ratio": 0.75, "time_dist": "logit_normal", "t_mean": -2.0, "t_std": 2.0,
-               "r_mean": -2.0, "r_std": 2.0, "time_pairing": "sort", "norm_p": 0.75, "norm_eps": 1e-3,
-               "omega": 1.0, "kappa": 0.0, "t_start": 0.0, "t_end": 1.0, "class_dropout": 0.0},
+    "method": {"name": "meanflow", "kwargs": {
+        "ratio": 0.75, "time_dist": "logit_normal", "t_mean": -2.0, "t_std": 2.0, "r_mean": -2.0,
+        "r_std": 2.0, "time_pairing": "sort", "norm_p": 0.75, "norm_eps": 1e-3, "omega": 1.0, "kappa": 0.0,
+        "t_start": 0.0, "t_end": 1.0, "class_dropout": 0.0}},
     "training": {"batch_size": 1024, "grad_accum": 1, "steps": None, "epochs": 16000, "optimizer": "adam",
                  "lr": 6e-4, "betas": [0.9, 0.999], "weight_decay": 0.0, "warmup_steps": 0,
                  "warmup_epochs": 200, "grad_clip": None, "ema_decays": [0.9999, 0.99995, 0.9996],
@@ -50,8 +45,9 @@ _CIFAR10 = {
                  "checkpoint_every": 10000, "keep_last": 3},
     "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
 }
-_CIFAR10_V1 = merge(_CIFAR10, {"method": {"t_mean": -0.6, "t_std": 1.6, "r_mean": -4.0, "r_std": 1.6,
-                                          "time_pairing": "min"}})
+_CIFAR10_V1 = merge(_CIFAR10, {"method": {"name": "meanflow", "kwargs": {
+    **_CIFAR10["method"]["kwargs"], "t_mean": -0.6, "t_std": 1.6, "r_mean": -4.0, "r_std": 1.6,
+    "time_pairing": "min"}}})
 
 
 # ---- paper: ImageNet 256, SD-VAE latents 32x32x4, class-conditional DiT (SPEC §1) ----------------
@@ -59,10 +55,10 @@ def _imagenet(net: str, omega: float, kappa: float, t_start: float, t_end: float
     return {
         "data": {"name": "latents", "use_labels": True, "augment_p": 0.0},
         "network": {"name": net, "kwargs": {"input_size": 32, "in_channels": 4, "num_classes": 1000}},
-        "method": {"name": "meanflow", "ratio": 0.25, "time_dist": "logit_normal", "t_mean": -0.4,
-                   "t_std": 1.0, "r_mean": -0.4, "r_std": 1.0, "time_pairing": "sort", "norm_p": 1.0,
-                   "norm_eps": 0.01, "omega": omega, "kappa": kappa, "t_start": t_start, "t_end": t_end,
-                   "class_dropout": 0.1},
+        "method": {"name": "meanflow", "kwargs": {
+            "ratio": 0.25, "time_dist": "logit_normal", "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
+            "r_std": 1.0, "time_pairing": "sort", "norm_p": 1.0, "norm_eps": 0.01, "omega": omega,
+            "kappa": kappa, "t_start": t_start, "t_end": t_end, "class_dropout": 0.1}},
         "training": {"batch_size": 256, "grad_accum": 1, "steps": None, "epochs": epochs,
                      "optimizer": "adamw", "lr": 1e-4, "betas": [0.9, 0.95], "weight_decay": 0.0,
                      "warmup_steps": 0,
@@ -85,8 +81,9 @@ _MNIST = {
     "data": {"name": "mnist", "split": "train", "use_labels": True},
     "network": {"name": "unet", "kwargs": {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
                                            "attn_resolutions": [], "dropout": 0.0}},
-    "method": {"name": "meanflow", "ratio": 0.25, "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
-               "r_std": 1.0, "norm_p": 1.0, "norm_eps": 0.01, "class_dropout": 0.1},
+    "method": {"name": "meanflow", "kwargs": {"ratio": 0.25, "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
+                                              "r_std": 1.0, "norm_p": 1.0, "norm_eps": 0.01,
+                                              "class_dropout": 0.1}},
     "training": {"batch_size": 64, "steps": 4000, "lr": 2e-3, "warmup_steps": 200, "grad_clip": 1.0,
                  "ema_decays": [0.999, 0.9999], "checkpoint_every": 500},
     "logging": {"log_every": 50, "sample_every": 500, "sample_count": 100},
@@ -96,8 +93,8 @@ _FASHION = merge(_MNIST, {"data": {"name": "fashion-mnist"}})
 _TOY = {
     "data": {"name": "checkerboard", "use_labels": False, "num_points": 100_000},
     "network": {"name": "mlp", "kwargs": {"hidden": 256, "depth": 4}},
-    "method": {"name": "meanflow", "ratio": 0.25, "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
-               "r_std": 1.0, "norm_p": 1.0, "norm_eps": 0.01},
+    "method": {"name": "meanflow", "kwargs": {"ratio": 0.25, "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
+                                              "r_std": 1.0, "norm_p": 1.0, "norm_eps": 0.01}},
     "training": {"batch_size": 512, "steps": 2000, "lr": 1e-3, "warmup_steps": 100, "grad_clip": 1.0,
                  "ema_decays": [0.999], "checkpoint_every": 1000},
     "logging": {"log_every": 50, "sample_every": 1000, "sample_count": 4096},
@@ -144,6 +141,8 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
     """defaults <- preset (default 'digits') <- YAML file <- `--set` overrides -> validated `Config`.
 
     A YAML file that itself names a `preset` key starts from that preset unless `preset` is given.
+    Each layer that names another method (or network) without kwargs of its own drops the kwargs of
+    the layers below (see `config_io.merge`); the `--set` overrides together are one layer.
     """
     file_data = load_yaml(config_file) if config_file is not None else {}
     name = preset or file_data.get("preset") or DEFAULT_PRESET
@@ -151,7 +150,4 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
         raise UserError(f"preset must be a string, got {name!r}")
     data = preset_dict(name)
     data = merge(data, file_data)
-    for text in overrides:
-        path, value = parse_override(text)
-        set_path(data, path, value)
-    return config_from_dict(data)
+    return config_from_dict(apply_overrides(data, overrides))
