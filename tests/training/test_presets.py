@@ -65,3 +65,17 @@ def test_cpu_presets():
     for name in ("mnist", "fashion-mnist"):
         c = resolve_config(name)
         assert c.data.name == name and c.data.use_labels
+
+
+@pytest.mark.parametrize("name, method, lr", [("cifar10-ct", "ct", 2e-4), ("cifar10-cd", "cd", 4e-4)])
+def test_consistency_cifar10_presets(name, method, lr):
+    """Values of the reference JAX configs (cifar10_ve_ct_adaptive.py, cifar10_ve_cd.py)."""
+    cfg = resolve_config(name)
+    t, m = cfg.training, cfg.method
+    assert m.name == method and m.kwargs["sigma_data"] == 0.5 and m.kwargs["metric"] == "l2"
+    assert (t.batch_size, t.steps, t.lr, t.warmup_steps, t.grad_clip) == (512, 800_000, lr, 19_531, None)
+    assert t.ema_decays == [0.9999] and not t.ema_warmup and cfg.network.kwargs["dropout"] == 0.0
+    if method == "ct":
+        assert (m.kwargs["s0"], m.kwargs["s1"], m.kwargs["mu0"]) == (2, 150, 0.9)
+    else:
+        assert (m.kwargs["num_scales"], m.kwargs["mu"], m.kwargs["solver"]) == (18, 0.0, "heun")
