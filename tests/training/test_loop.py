@@ -123,3 +123,12 @@ def test_toy_2d_learns(tmp_path):
     print(f"near a mode: trained {near_mode(x):.3f}, noise {near_mode(noise):.3f}; {metrics}")
     assert near_mode(x) > 0.3 > 2 * near_mode(noise)
     assert metrics["sliced_wasserstein"] < 0.25
+
+
+def test_final_grid_and_toy_report_use_the_methods_own_steps(tmp_path):
+    """Flow matching draws its end-of-training samples with its own 50 Euler steps, MeanFlow with 1;
+    logging.sample_steps overrides."""
+    for extra, steps in ((["method.name=flow_matching"], 50), ([], 1),
+                         (["method.name=flow_matching", "logging.sample_steps=3"], 3)):
+        run = loop.train(tiny_toy(tmp_path, "training.steps=2", *extra), echo=lambda s: None)
+        assert json.loads((run / "metrics.json").read_text())["steps"] == steps

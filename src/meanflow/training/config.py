@@ -284,8 +284,9 @@ class LoggingConfig:
     """Write a grid of samples every this many steps (and at the end)."""
     sample_count: int = 100
     """Samples in each grid (a square number gives a square grid)."""
-    sample_steps: int = 1
-    """Sampling steps of the grids (1 = one-step generation)."""
+    sample_steps: int | None = None
+    """Sampling steps of the grids (None: the method's own `default_steps`, 1 for the one-step methods,
+    50 for flow matching)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars when tensorboard is installed."""
     progress: bool = True
@@ -295,7 +296,8 @@ class LoggingConfig:
         _check(self.log_every > 0, "logging.log_every must be > 0")
         _check(self.sample_every > 0, "logging.sample_every must be > 0")
         _check(self.sample_count > 0, "logging.sample_count must be > 0")
-        _check(self.sample_steps > 0, "logging.sample_steps must be > 0")
+        _check(self.sample_steps is None or self.sample_steps > 0,
+               "logging.sample_steps must be > 0 (or null: the method's own)")
 
 
 @dataclass

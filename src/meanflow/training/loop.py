@@ -569,15 +569,15 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
 
 def _toy_report(cfg: Config, parts: Parts, sample_net: nn.Module, info, run_dir, logger, step, echo) -> None:
-    """Sliced Wasserstein and energy distance between samples (the method's `default_steps`) and fresh
-    test points."""
+    """Sliced Wasserstein and energy distance between samples (`logging.sample_steps`, default the
+    method's `default_steps`) and fresh test points."""
     if not info.is_main:
         return
     from meanflow.data import build_dataset
     from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
     from meanflow.sampling import generate
 
-    n, steps = 4096, parts.method.default_steps
+    n, steps = 4096, cfg.logging.sample_steps or parts.method.default_steps
     ref = build_dataset(cfg.data.name, split="test", n=n, seed=cfg.training.seed).x
     dev = next(sample_net.parameters()).device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
