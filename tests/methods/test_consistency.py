@@ -194,3 +194,83 @@ def test_defaults_are_one_step_samplers(cls):
     m = cls()
     assert m.default_steps == 1
     assert (m.sigma_min, m.sigma_max, m.rho) == (0.002, 80.0, 7.0)
+
+
+# ---------------------------------------------------------------------------------------- LPIPS metric
+
+
+@pytest.fixture(scope="module")
+def lpips_file(tmp_path_factory):
+    """Random LPIPS-VGG weights in the official key layout (non-negative lins), as safetensors."""
+    from safetensors.torch import save_file
+
+    from meanflow.evaluation.lpips import clear_cache, expected_shapes
+
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=g) * (0.05 if len(shape) == 4 and shape[2] == 3 else 0.1)
+             for k, shape in expected_shapes().items()}
+    state.update({k: v.abs() for k, v in state.items() if k.startswith("lin")})
+    path = tmp_path_factory.mktemp("lpips") / "lpips_vgg.safetensors"
+    save_file(state, str(path))
+    yield path
+    clear_cache()  # the loaded module is cached per (path, device) for the whole process
+
+
+@pytest.fixture
+def one_thread():
+    # Small convolutions: on a shared 2-core machine a second thread makes them several times slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_lpips_needs_weights_and_sane_options(cls):
+    with pytest.raises(UserError, match="lpips_weights"):
+        cls(metric="lpips")
+    with pytest.raises(UserError, match="metric=lpips"):
+        cls(metric="l2", lpips_weights="lpips.safetensors")
+    for bad in (8, 0, True, 224.0):
+        with pytest.raises(UserError, match="lpips_resize"):
+            cls(metric="lpips", lpips_weights="lpips.safetensors", lpips_resize=bad)
+    # Only the path is a field (nothing loaded, the file is read on the first loss).
+    m = cls(metric="lpips", lpips_weights="no/such/file.safetensors", lpips_resize=None)
+    assert (m.lpips_weights, m.lpips_resize) == ("no/such/file.safetensors", None)
+    with pytest.raises(UserError, match="not found"):
+        m.distance(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16))
+
+
+def test_ct_loss_with_lpips_backpropagates_into_the_online_network(lpips_file, one_thread):
+    import copy
+    import dataclasses
+
+    from meanflow.evaluation.lpips import get_lpips, lpips_distance
+    from meanflow.methods.base import Progress
+
+    net = TinyNet(shape=(1, 8, 8), hidden=16)
+    target = copy.deepcopy(net).requires_grad_(False)
+    m = ConsistencyTraining(metric="lpips", lpips_weights=str(lpips_file), lpips_resize=16)
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in dataclasses.asdict(m).values())
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    t, r = torch.tensor([0.6, 0.3]), torch.tensor([0.5, 0.2])
+    out = m.loss(net, x, noise=torch.randn_like(x), t=t, r=r, progress=Progress(0, 10), target=target)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss) and out.loss > 0
+    out.loss.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None and not p.requires_grad for p in get_lpips(lpips_file).parameters())
+    # distance() with the metric is the LPIPS of the pair, per sample.
+    a, b = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    torch.testing.assert_close(m.distance(a, b), lpips_distance(a, b, lpips_file, resize=16))
+
+
+def test_ict_loss_with_lpips_runs(lpips_file, one_thread):
+    from meanflow.methods.base import Progress
+
+    net = TinyNet(shape=(1, 8, 8), hidden=16)
+    m = ImprovedConsistencyTraining(metric="lpips", lpips_weights=str(lpips_file), lpips_resize=16)
+    out = m.loss(net, torch.rand(2, 1, 8, 8) * 2 - 1, progress=Progress(0, 10))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in net.parameters())

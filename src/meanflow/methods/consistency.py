@@ -29,7 +29,8 @@ Distances ``d(a, b)`` are per sample, over all non-batch dims: ``"l2"`` = ``||a 
 the paper's definition and this project's convention; the reference code's "l2" is the *mean* over
 dims, i.e. this divided by the dimension d, which only rescales the loss), ``"l1"`` = ``||a - b||_1``
 and ``"pseudo_huber"`` = ``sqrt(||a - b||_2^2 + c^2) - c`` (iCT, c = 0.00054 sqrt(d) unless given).
-LPIPS, the papers' best metric on images, needs pretrained weights and is left out.
+``"lpips"``, the papers' best metric on images, needs weights the user supplies (``lpips_weights``, see
+:mod:`meanflow.evaluation.lpips`); both images are resized to 224 x 224 first, as in the CM code.
 
 Sampling (CM paper, Algorithm 1): one step is ``x = f(sigma_max e, sigma_max)`` with ``e`` the
 project's standard-normal noise at t = 1. k steps alternate denoising and re-noising,
@@ -50,6 +51,7 @@ bounded).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -65,9 +67,11 @@ from meanflow.methods.base import (
     resolve_schedule,
 )
 
-METRICS = ("l2", "l1", "pseudo_huber")
+METRICS = ("l2", "l1", "pseudo_huber", "lpips")
 HUBER_C_PER_SQRT_DIM = 0.00054
 """iCT's pseudo-Huber constant per sqrt(dimension): c = 0.00054 sqrt(d) (0.03 on CIFAR-10, d = 3072)."""
+_NO_LPIPS_WEIGHTS = ("metric 'lpips' needs lpips_weights: the path of a .safetensors (or weights-only .pth) "
+                     "file with the LPIPS VGG16 convs and lin layers (see meanflow.evaluation.lpips)")
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float, device=None) -> Tensor:
@@ -130,12 +134,22 @@ def consistency_fn(net: nn.Module, x_sigma: Tensor, sigma: Tensor, y: Tensor | N
     return c_skip * x_sigma + c_out * out
 
 
-def distance(a: Tensor, b: Tensor, metric: str, huber_c: float | None = None) -> Tensor:
+def distance(a: Tensor, b: Tensor, metric: str, huber_c: float | None = None,
+             lpips_weights: str | os.PathLike | None = None, lpips_resize: int | None = 224) -> Tensor:
     """Per-sample distance ``[B, *S] x [B, *S] -> [B]`` (float32 or wider).
 
     ``"l2"``: ``||a - b||^2``; ``"l1"``: ``||a - b||_1``; ``"pseudo_huber"``: ``sqrt(||a - b||^2 + c^2) - c``
-    with ``c = huber_c`` or, when ``None``, ``0.00054 sqrt(d)``, d the number of elements per sample.
+    with ``c = huber_c`` or, when ``None``, ``0.00054 sqrt(d)``, d the number of elements per sample;
+    ``"lpips"``: LPIPS-VGG of images ``[B, 1 or 3, H, W]`` in [-1, 1] with the weights file
+    ``lpips_weights`` (loaded once per device), after resizing both to ``lpips_resize`` squared
+    (``None``: native size); see :mod:`meanflow.evaluation.lpips`.
     """
+    if metric == "lpips":
+        if lpips_weights is None:
+            raise UserError(_NO_LPIPS_WEIGHTS)
+        from meanflow.evaluation.lpips import lpips_distance  # imported on use, only by LPIPS runs
+
+        return lpips_distance(a, b, lpips_weights, lpips_resize)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     diff = (a.to(dtype) - b.to(dtype)).flatten(1)
     if metric == "l2":
@@ -170,8 +184,12 @@ class ConsistencyModel(Method):
         sigma_max: Largest noise level (one-step sampling starts at ``sigma_max * e``).
         rho: Exponent of the Karras noise grid.
         sigma_data: Data standard deviation in the scalings c_skip, c_out, c_in.
-        metric: Distance ``"l2"``, ``"l1"`` or ``"pseudo_huber"`` (see :func:`distance`).
+        metric: Distance ``"l2"``, ``"l1"``, ``"pseudo_huber"`` or ``"lpips"`` (see :func:`distance`).
         huber_c: Pseudo-Huber constant c; ``None`` = ``0.00054 sqrt(d)`` with d the data dimension.
+        lpips_weights: Path of the LPIPS-VGG weights file, required by (and only used with) ``metric
+            "lpips"``. Read on the first loss, not here (a run can be rebuilt for sampling without it).
+        lpips_resize: Side images are bilinearly resized to before LPIPS (224 as in the CM code; at
+            least 16); ``None``: native size.
         two_step_sigma: Re-noising level of two-step sampling when no schedule is given.
         share_dropout_rng: Replay the RNG state of the online pass in the target pass, so that both
             draw the same dropout masks (the reference code does; iCT finds it stabilises training).
@@ -183,6 +201,8 @@ class ConsistencyModel(Method):
     sigma_data: float = 0.5
     metric: str = "l2"
     huber_c: float | None = None
+    lpips_weights: str | None = None
+    lpips_resize: int | None = 224
     two_step_sigma: float = 0.821
     share_dropout_rng: bool = True
 
@@ -195,6 +215,18 @@ class ConsistencyModel(Method):
             raise UserError(f"sigma_data must be > 0, got {self.sigma_data}")
         if self.metric not in METRICS:
             raise UserError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
+        if isinstance(self.lpips_weights, os.PathLike):
+            self.lpips_weights = os.fspath(self.lpips_weights)
+        weights = self.lpips_weights
+        if weights is not None and not (isinstance(weights, str) and weights):
+            raise UserError(f"lpips_weights must be a file path or null, got {self.lpips_weights!r}")
+        if self.metric == "lpips" and self.lpips_weights is None:
+            raise UserError(_NO_LPIPS_WEIGHTS)
+        if self.metric != "lpips" and self.lpips_weights is not None:
+            raise UserError(f"lpips_weights is set but metric is {self.metric!r}; set metric=lpips to use it")
+        if self.lpips_resize is not None and (isinstance(self.lpips_resize, bool) or not isinstance(
+                self.lpips_resize, int) or self.lpips_resize < 16):
+            raise UserError(f"lpips_resize must be an integer >= 16 or null, got {self.lpips_resize!r}")
         if self.huber_c is not None and not self.huber_c > 0:
             raise UserError(f"huber_c must be > 0 (or null for 0.00054 sqrt(d)), got {self.huber_c}")
         if not self.sigma_min < self.two_step_sigma < self.sigma_max:
@@ -216,7 +248,7 @@ class ConsistencyModel(Method):
 
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
         """``d(a, b)`` per sample ``[B]`` with this method's metric."""
-        return distance(a, b, self.metric, self.huber_c)
+        return distance(a, b, self.metric, self.huber_c, self.lpips_weights, self.lpips_resize)
 
     def adjacent_sigmas(self, n_scales: int, b: int, device, t: Tensor | None = None,
                         r: Tensor | None = None) -> tuple[Tensor, Tensor]:

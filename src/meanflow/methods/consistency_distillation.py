@@ -29,8 +29,8 @@ N = 40 fixed, target EMA mu = 0.95, Heun teacher step, uniform weighting, dropou
 the online and the target pass, L2 or LPIPS metric. CIFAR-10 CD uses N = 18 (JAX reference
 openai/consistency_models_cifar10, configs/cifar10_ve_cd.py, with LPIPS and Heun; that code's CD step
 passes no target parameters, so its target is the online network under stop-gradient, mu = 0: set
-``num_scales=18, mu=0`` to follow it). LPIPS is left out here; "l2" is the paper's squared norm (the
-reference's "l2" is its mean over dims).
+``num_scales=18, mu=0`` to follow it). LPIPS needs user-supplied weights (``metric="lpips"``,
+``lpips_weights``); "l2" is the paper's squared norm (the reference's "l2" is its mean over dims).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ the online and the target pass (restoring the saved RNG state before the target 
 z for both points (their Euler "solver" with the data as denoiser gives exactly ``x + sigma_n z``)
 and weight uniformly. The reference's "l2" is a mean over dims; here "l2" is the paper's squared
 norm (a sum).
-LPIPS (the paper's best CT metric) is left out: it needs pretrained weights.
+LPIPS (the paper's best CT metric) needs pretrained weights the user supplies: ``metric="lpips"``
+with ``lpips_weights`` (see ``meanflow.evaluation.lpips``); the default is L2.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def ct_target_decay(n_scales: int, s0: int, mu0: float, rule: str = "paper") -> 
 class ConsistencyTraining(ConsistencyModel):
     """Consistency training with an EMA target and the paper's N(k) / mu(k) curricula.
 
-    Defaults are the paper's CIFAR-10 settings except the metric (LPIPS there, left out here; the
-    paper also reports L2). Shared fields (sigma_min, sigma_max, rho, sigma_data, metric, huber_c,
+    Defaults are the paper's CIFAR-10 settings except the metric (LPIPS there, available here only
+    with user-supplied weights; the default is L2, which the paper also reports). Shared fields (sigma_min, sigma_max, rho, sigma_data, metric, huber_c,
     two_step_sigma, share_dropout_rng) are documented on :class:`ConsistencyModel`.
 
     Attributes:
