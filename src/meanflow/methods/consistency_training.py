@@ -63,7 +63,8 @@ class ConsistencyTraining(ConsistencyModel):
     """Consistency training with an EMA target and the paper's N(k) / mu(k) curricula.
 
     Defaults are the paper's CIFAR-10 settings except the metric (LPIPS there, available here only
-    with user-supplied weights; the default is L2, which the paper also reports). Shared fields (sigma_min, sigma_max, rho, sigma_data, metric, huber_c,
+    with user-supplied weights; the default is L2, which the paper also reports). Shared fields
+    (sigma_min, sigma_max, rho, sigma_data, metric, huber_c,
     two_step_sigma, share_dropout_rng) are documented on :class:`ConsistencyModel`.
 
     Attributes:
