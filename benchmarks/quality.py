@@ -474,7 +474,7 @@ def comparison(rows: list[dict], key: str, what: str) -> str:
                 continue
             txt = label(m)
             if (m, 1) in get:
-                txt += f" 1 step {get[(m, 1)]:.4g} ({get[(m, 1)] / mf1:.1f}x)"
+                txt += f" 1 step {get[(m, 1)]:.4g} ({get[(m, 1)] / mf1:.2f}x MeanFlow's)"
             best = min((s for mm, s in get if mm == m), key=lambda s: get[(m, s)])
             if best != 1:
                 txt += f", best {get[(m, best)]:.4g} at {best} steps"

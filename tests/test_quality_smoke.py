@@ -71,4 +71,4 @@ def test_mnist_markdown(quality):
     text = quality.mnist_markdown(res)
     assert "biased upward" in text and "| MeanFlow | 1 | 20.00 |" in text
     assert "| MeanFlow | ratio=0.75, t_mean=-0.6 | 10 |" in text  # the run's settings, not the preset's
-    assert "flow matching (Euler) 1 step 200 (10.0x), best 10 at 50 steps" in text
+    assert "flow matching (Euler) 1 step 200 (10.00x MeanFlow's), best 10 at 50 steps" in text
