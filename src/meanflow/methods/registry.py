@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from meanflow.errors import UserError
 from meanflow.methods.base import Method
 from meanflow.methods.consistency_distillation import ConsistencyDistillation
@@ -29,7 +31,12 @@ def build_method(name: str, **kwargs) -> Method:
     """
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    cls = METHODS[name]
+    known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    unknown = sorted(k for k in kwargs if known and k not in known)
+    if unknown:
+        raise UserError(f"method {name!r} has no option {unknown[0]!r} (its options: {', '.join(known)})")
     try:
-        return METHODS[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:  # unexpected keyword
         raise UserError(f"bad options for method {name!r}: {exc}") from None
