@@ -140,3 +140,25 @@ def test_real_methods_resume_bit_identically(tmp_path, name, fm_teacher):
     needs_target = "target" in loop.build_parts(cfg).method.needs
     ta, tb = Checkpoint(full)._group("target/"), Checkpoint(resumed)._group("target/")
     assert bool(ta) == needs_target and set(ta) == set(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, fm_teacher):
+    """MeanFlow fine-tuned from a flow-matching run: the first step starts from that run's first EMA;
+    a different network is refused by name, before any run folder is made."""
+    src = Checkpoint(fm_teacher).ema(0.9)
+    cfg = tiny_toy(tmp_path, f"training.init_from={fm_teacher}", "training.init_ema=0.9",
+                   "training.steps=1", "training.lr=1e-12", "training.warmup_steps=0")
+    run = loop.train(cfg, echo=lambda s: None)
+    got = Checkpoint(run).model()
+    assert set(got) == set(src) and all(torch.allclose(got[k], src[k], atol=1e-9) for k in src)
+    one_step = ("training.steps=1", "training.lr=1e-12", "training.warmup_steps=0")
+    scratch = loop.train(tiny_toy(tmp_path, *one_step), echo=lambda s: None)
+    assert not torch.allclose(Checkpoint(scratch).model()["out.weight"], src["out.weight"])
+    bad = tiny_toy(tmp_path / "bad", f"training.init_from={fm_teacher}",
+                   "network.kwargs={hidden: 16, depth: 2}")
+    with pytest.raises(UserError, match="^training.init_from: "):
+        loop.train(bad, echo=lambda s: None)
+    assert not (tmp_path / "bad" / "runs").exists()
+    with pytest.raises(UserError, match="no EMA 0.5"):
+        loop.train(tiny_toy(tmp_path, f"training.init_from={fm_teacher}", "training.init_ema=0.5"),
+                   echo=lambda s: None)

@@ -21,6 +21,7 @@ FLAGS = {
     "device": "training.device",
     "out_dir": "logging.out_dir",
     "data_dir": "data.data_dir",
+    "init_from": "training.init_from",
 }
 
 
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="training.device: auto, cpu or cuda")
     p.add_argument("--out-dir", default=None, help="logging.out_dir (parent of the run folders)")
     p.add_argument("--data-dir", default=None, help="data.data_dir")
+    p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
+                   help="training.init_from: start a new run from another run's weights (its first EMA; "
+                        "training.init_ema picks others)")
     p.add_argument("--download", action="store_true",
                    help="data.download: fetch a missing dataset into the cache (md5-verified)")
     p.add_argument("--resume", default=None, metavar="RUN_OR_CKPT",

@@ -227,6 +227,12 @@ class TrainingConfig:
     distillation); the network is built from that run's own config."""
     teacher_ema: float | str | None = None
     """Which weights of the teacher: None (its first EMA), a decay such as 0.9999, or 'raw'."""
+    init_from: str | None = None
+    """Run folder or checkpoint whose weights a new run starts from (any method from any other run of
+    the same network, e.g. MeanFlow fine-tuned from a flow-matching run; a flow model was trained at
+    h = 0). Ignored when resuming: the checkpoint's weights win."""
+    init_ema: float | str | None = None
+    """Which weights of `init_from`: None (its first EMA), a decay such as 0.9999, or 'raw'."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"training.batch_size must be > 0, got {self.batch_size}")

@@ -216,6 +216,23 @@ def _load_teacher(cfg: Config, parts: Parts, device: torch.device) -> nn.Module:
     return teacher
 
 
+def _init_weights(cfg: Config, net: nn.Module) -> None:
+    """Load the weights `training.init_from` / `training.init_ema` names into `net` (same network:
+    names and shapes are checked, the first difference is the error)."""
+    from meanflow.training.load import parse_ema
+
+    try:
+        src = Checkpoint(cfg.training.init_from)
+        choice = parse_ema(cfg.training.init_ema)
+        if choice == "default":
+            choice = src.ema_decays[0] if src.ema_decays else None
+        if choice is not None:
+            src.ema(choice)  # a UserError listing the EMAs it has
+        src.load_into(net, "model/" if choice is None else f"ema/{float(choice)!r}/")
+    except UserError as e:
+        raise UserError(f"training.init_from: {e}") from None
+
+
 def _truncate_log(path: Path, start: int, drop_evals: bool = False) -> None:
     """Keep the records of `path` up to step `start` (and drop a torn last line); with `drop_evals`,
     drop the `eval/` records at step `start` too."""
@@ -351,6 +368,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     total = tc.total_steps(n_data)
     warmup = tc.warmup(n_data)
     net = parts.net.to(device)
+    if tc.init_from and ckpt is None:
+        _init_weights(cfg, net)
     optimizer = build_optimizer(net, tc)
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
     needs = _method_needs(parts.method)
