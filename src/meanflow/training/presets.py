@@ -56,7 +56,7 @@ _CIFAR10_V1 = merge(_CIFAR10, {"method": {"name": "meanflow", "kwargs": {
 # iterations, EMA 0.9999 for evaluation, dropout 0, sigma_data 0.5, warmup 1e7 images / 512 = 19,531
 # steps, no gradient clipping. Differences here, stated in the descriptions: Adam instead of RAdam,
 # L2 instead of LPIPS (no pretrained LPIPS weights), the DDPM++ U-Net instead of NCSN++, no random
-# flips; CD's student starts from scratch, not from the teacher's weights as in the code.
+# flips; CD's student starts from scratch unless `--init-from` names the teacher run (the code's way).
 def _cifar10_cm(method: dict, lr: float) -> dict:
     return {
         "data": {"name": "cifar10", "use_labels": False, "augment_p": 0.0},
