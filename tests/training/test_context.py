@@ -162,3 +162,17 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path, fm_teach
     with pytest.raises(UserError, match="no EMA 0.5"):
         loop.train(tiny_toy(tmp_path, f"training.init_from={fm_teacher}", "training.init_ema=0.5"),
                    echo=lambda s: None)
+
+
+def test_a_target_without_a_decay_rule_is_refused(tmp_path):
+    from meanflow.methods import FlowMatching
+
+    class NoDecay(FlowMatching):
+        needs = frozenset({"target"})
+
+    cfg = tiny_toy(tmp_path)
+    parts = loop.build_parts(cfg)
+    parts.method = NoDecay()
+    with pytest.raises(UserError, match="needs a target network but defines no target_decay"):
+        loop.train(cfg, parts=parts, echo=lambda s: None)
+    assert not (tmp_path / "runs").exists()

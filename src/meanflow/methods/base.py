@@ -75,7 +75,8 @@ class Method(abc.ABC):
 
     def target_decay(self, progress: Progress) -> float:
         """EMA decay of the target network after the step described by `progress` (methods whose
-        :attr:`needs` holds ``"target"``; 0 makes the target a copy of the online network)."""
+        :attr:`needs` holds ``"target"`` must override it, which the loop checks before training;
+        0 makes the target a copy of the online network)."""
         raise NotImplementedError(f"{type(self).__name__} declares no target network")
 
     @abc.abstractmethod

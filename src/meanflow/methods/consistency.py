@@ -246,6 +246,20 @@ class ConsistencyModel(Method):
         return consistency_fn(net, x_sigma, sigma.to(x_sigma.dtype), y, self.sigma_data, self.sigma_min,
                               net_kwargs)
 
+    def pair(self, net: nn.Module, target: nn.Module, x_hi: Tensor, hi: Tensor, x_lo: Tensor, lo: Tensor,
+             y: Tensor | None = None, net_kwargs: dict | None = None) -> tuple[Tensor, Tensor]:
+        """The two sides of a consistency loss: ``f_net(x_hi, hi)`` (with gradient) and
+        ``f_target(x_lo, lo)`` (without), ``[B, *S]`` each; ``hi``, ``lo``: ``[B]``. With
+        ``share_dropout_rng`` the target pass replays the RNG state of the online pass (same dropout
+        masks), as the reference code does."""
+        state = rng_state(x_hi.device) if self.share_dropout_rng else None
+        online = self.denoise(net, x_hi, hi, y, net_kwargs)
+        if state is not None:
+            set_rng_state(state, x_hi.device)
+        with torch.no_grad():
+            tgt = self.denoise(target, x_lo, lo, y, net_kwargs)
+        return online, tgt
+
     def distance(self, a: Tensor, b: Tensor) -> Tensor:
         """``d(a, b)`` per sample ``[B]`` with this method's metric."""
         return distance(a, b, self.metric, self.huber_c, self.lpips_weights, self.lpips_resize)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from meanflow.errors import UserError
 from meanflow.methods.base import LossOutput, Progress, check_override, expand_like
-from meanflow.methods.consistency import ConsistencyModel, rng_state, set_rng_state, sigma_to_t
+from meanflow.methods.consistency import ConsistencyModel, sigma_to_t
 
 SOLVERS = ("heun", "euler")
 
@@ -175,13 +175,9 @@ class ConsistencyDistillation(ConsistencyModel):
         z = torch.randn_like(x) if noise is None else noise.to(x.device, x.dtype)
         hi_x, lo_x = hi.to(x.dtype), lo.to(x.dtype)
         x_hi = x + expand_like(hi_x, x) * z
-        state = rng_state(x.device) if self.share_dropout_rng else None
-        online = self.denoise(net, x_hi, hi_x, y, net_kwargs)
+        # The frozen teacher (eval mode) draws no random numbers, so its step may come first.
         x_lo = teacher_ode_step(teacher, x_hi, hi_x, lo_x, y, self.solver, net_kwargs)
-        if state is not None:
-            set_rng_state(state, x.device)
-        with torch.no_grad():
-            tgt = self.denoise(target, x_lo, lo_x, y, net_kwargs)
-        loss = self.distance(online, tgt.detach()).mean()
+        online, tgt = self.pair(net, target, x_hi, hi_x, x_lo, lo_x, y, net_kwargs)
+        loss = self.distance(online, tgt).mean()
         metrics = {"loss": loss.detach(), "N": torch.tensor(float(self.num_scales), device=x.device)}
         return LossOutput(loss=loss, metrics=metrics)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from meanflow.errors import UserError
 from meanflow.methods.base import LossOutput, Progress, check_override, expand_like
-from meanflow.methods.consistency import ConsistencyModel, rng_state, set_rng_state
+from meanflow.methods.consistency import ConsistencyModel
 
 EMA_RULES = ("paper", "code")
 
@@ -141,13 +141,9 @@ class ConsistencyTraining(ConsistencyModel):
         hi, lo = self.adjacent_sigmas(n_scales, b, x.device, t, r)
         z = torch.randn_like(x) if noise is None else noise.to(x.device, x.dtype)
         hi_x, lo_x = hi.to(x.dtype), lo.to(x.dtype)
-        state = rng_state(x.device) if self.share_dropout_rng else None
-        online = self.denoise(net, x + expand_like(hi_x, x) * z, hi_x, y, net_kwargs)
-        if state is not None:
-            set_rng_state(state, x.device)
-        with torch.no_grad():
-            tgt = self.denoise(target, x + expand_like(lo_x, x) * z, lo_x, y, net_kwargs)
-        loss = self.distance(online, tgt.detach()).mean()
+        x_hi, x_lo = x + expand_like(hi_x, x) * z, x + expand_like(lo_x, x) * z
+        online, tgt = self.pair(net, target, x_hi, hi_x, x_lo, lo_x, y, net_kwargs)
+        loss = self.distance(online, tgt).mean()
         metrics = {
             "loss": loss.detach(),
             "N": torch.tensor(float(n_scales), device=x.device),

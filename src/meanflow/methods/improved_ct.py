@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from meanflow.errors import UserError
 from meanflow.methods.base import LossOutput, Progress, check_override, expand_like
-from meanflow.methods.consistency import ConsistencyModel, rng_state, set_rng_state
+from meanflow.methods.consistency import ConsistencyModel
 
 INDEX_DISTS = ("lognormal", "uniform")
 WEIGHTINGS = ("inverse_gap", "uniform")
@@ -158,13 +158,10 @@ class ImprovedConsistencyTraining(ConsistencyModel):
             hi, lo = grid[i + 1], grid[i]
         z = torch.randn_like(x) if noise is None else noise.to(x.device, x.dtype)
         hi_x, lo_x = hi.to(x.dtype), lo.to(x.dtype)
-        state = rng_state(x.device) if self.share_dropout_rng else None
-        online = self.denoise(net, x + expand_like(hi_x, x) * z, hi_x, y, net_kwargs)
-        if state is not None:
-            set_rng_state(state, x.device)
-        with torch.no_grad():
-            teacher = self.denoise(net, x + expand_like(lo_x, x) * z, lo_x, y, net_kwargs)
-        dist = self.distance(online, teacher.detach())
+        # The teacher is the online network itself under stop-gradient (no EMA).
+        x_hi, x_lo = x + expand_like(hi_x, x) * z, x + expand_like(lo_x, x) * z
+        online, teacher = self.pair(net, net, x_hi, hi_x, x_lo, lo_x, y, net_kwargs)
+        dist = self.distance(online, teacher)
         loss = (self.weight(hi, lo).to(dist.dtype) * dist).mean()
         metrics = {
             "loss": loss.detach(),

@@ -250,12 +250,18 @@ class ShortcutModel(Method):
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 in tests
         x = x.to(dtype)
         if t is None and r is None:
+            # Drawn: the bootstrap rows are the first n, known on the host (no device sync below).
             t, d = self._draw(b, x.device, dtype)
+            n = int(round(self.bootstrap_fraction * b))
+            boot = d > 0
+            rows = torch.arange(n, device=x.device)
         else:
             t = (r if t is None else t).to(x.device, dtype)
             r = t if r is None else r.to(x.device, dtype)
             d = self._check_pairs(t, r)
-        boot = d > 0
+            boot = d > 0
+            rows = boot.nonzero().squeeze(1)
+            n = rows.numel()
         kw = net_kwargs or {}
 
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
@@ -265,9 +271,8 @@ class ShortcutModel(Method):
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
         goal = v
-        if bool(boot.any()):
+        if n > 0:
             source = target if self.target_source == "target" else net
-            rows = boot.nonzero().squeeze(1)
             y_b = None if y is None else y[rows]
             kw_b = {k: _rows(val, rows, b) for k, val in kw.items()}
             sc = self.bootstrap_target(source, z[rows], t[rows], d[rows], y_b, kw_b)
@@ -279,14 +284,12 @@ class ShortcutModel(Method):
         loss = err.mean()
 
         with torch.no_grad():
-            e_fm, e_sc = err.detach()[~boot], err.detach()[boot]
-            zero = err.new_zeros(())
-            metrics = {
-                "loss": loss.detach(),
-                "fm_loss": e_fm.mean() if e_fm.numel() else zero,
-                "sc_loss": e_sc.mean() if e_sc.numel() else zero,
-                "frac_bootstrap": boot.to(dtype).mean(),
-            }
+            w_sc = boot.to(err.dtype)
+            sums = torch.stack([(err * (1 - w_sc)).sum(), (err * w_sc).sum()])
+            counts = torch.tensor([float(b - n), float(n)], device=err.device, dtype=err.dtype)
+            means = sums / counts.clamp_min(1)  # 0 where a kind has no rows
+            metrics = {"loss": loss.detach(), "fm_loss": means[0], "sc_loss": means[1],
+                       "frac_bootstrap": counts[1] / b}
         return LossOutput(loss=loss, metrics=metrics)
 
     def _draw(self, b: int, device, dtype) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,19 @@ def parse_ema(ema: Any) -> float | None | str:
     return None if value == 0.0 else value
 
 
+def weights_prefix(ckpt, ema: Any) -> str:
+    """The checkpoint group of the weights `ema` names (see `parse_ema`): 'model/' or 'ema/<decay>/';
+    a decay the checkpoint does not hold is a UserError listing those it has."""
+    choice = parse_ema(ema)
+    if choice == "default":
+        choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
+    if choice is None:
+        return "model/"
+    if float(choice) not in ckpt.ema_decays:
+        ckpt.ema(choice)  # the UserError listing the decays the checkpoint has
+    return f"ema/{float(choice)!r}/"
+
+
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
     """Load a trained generator from a run folder (newest checkpoint) or a checkpoint file.
 
@@ -54,12 +67,7 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
         raise UserError(f"checkpoint {ckpt.path} has no valid data_shape / num_classes in its state "
                         f"metadata ({reason(e)})") from e
     net = build_net(cfg, shape, classes)
-    choice = parse_ema(ema)
-    if choice == "default":
-        choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
-    if choice is not None and float(choice) not in ckpt.ema_decays:
-        ckpt.ema(choice)  # the UserError listing the decays the checkpoint has
-    ckpt.load_into(net, "model/" if choice is None else f"ema/{float(choice)!r}/")
+    ckpt.load_into(net, weights_prefix(ckpt, ema))
     bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad[0]}"

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from meanflow.errors import UserError
-from meanflow.methods.base import CONTEXT_KEYS, Progress
+from meanflow.methods.base import CONTEXT_KEYS, Method, Progress
 from meanflow.training import distributed
 from meanflow.training.build import (
     build_augment,
@@ -192,6 +192,9 @@ def _method_needs(method) -> frozenset[str]:
     if unknown:
         raise UserError(f"method {type(method).__name__} needs unknown training context {unknown} "
                         f"(known: {', '.join(CONTEXT_KEYS)})")
+    if "target" in needs and getattr(type(method), "target_decay", None) is Method.target_decay:
+        raise UserError(f"method {type(method).__name__} needs a target network but defines no "
+                        "target_decay(progress)")
     return needs
 
 
@@ -219,16 +222,11 @@ def _load_teacher(cfg: Config, parts: Parts, device: torch.device) -> nn.Module:
 def _init_weights(cfg: Config, net: nn.Module) -> None:
     """Load the weights `training.init_from` / `training.init_ema` names into `net` (same network:
     names and shapes are checked, the first difference is the error)."""
-    from meanflow.training.load import parse_ema
+    from meanflow.training.load import weights_prefix
 
     try:
         src = Checkpoint(cfg.training.init_from)
-        choice = parse_ema(cfg.training.init_ema)
-        if choice == "default":
-            choice = src.ema_decays[0] if src.ema_decays else None
-        if choice is not None:
-            src.ema(choice)  # a UserError listing the EMAs it has
-        src.load_into(net, "model/" if choice is None else f"ema/{float(choice)!r}/")
+        src.load_into(net, weights_prefix(src, cfg.training.init_ema))
     except UserError as e:
         raise UserError(f"training.init_from: {e}") from None
 
