@@ -78,6 +78,15 @@ class Run:
         overrides: extra `--set` overrides of this run (its method kwargs), both parts.
         toy_overrides: extra `--set` overrides of the 2-D runs only.
         teacher: name of the run whose finished weights (first EMA) are this run's teacher.
+        init_from: name of the run whose finished weights start this run (`training.init_from`).
+        pairs_from: name of the run whose model writes the (noise, sample) pairs this run trains on
+            (`meanflow reflow-pairs`, cached per source run).
+        share: this run's optimizer steps as a fraction of the table's budget; a chain of stages
+            (`init_from` / `pairs_from` / `teacher`) is stated with its total.
+        row: False for a stage that only feeds other runs (listed in the training table, no rows).
+        trained_as: rows sampled from the training of another run (no training of its own), e.g. the
+            same Score SDE model sampled with the probability-flow ODE.
+        sample_kwargs: method options replaced at sampling time, as (name, value) pairs.
     """
 
     name: str
@@ -88,6 +97,18 @@ class Run:
     overrides: tuple[str, ...] = ()
     toy_overrides: tuple[str, ...] = ()
     teacher: str | None = None
+    init_from: str | None = None
+    pairs_from: str | None = None
+    share: float = 1.0
+    row: bool = True
+    trained_as: str | None = None
+    sample_kwargs: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """Runs that must be finished before this one starts (or whose training it reuses)."""
+        names = (self.teacher, self.init_from, self.pairs_from, self.trained_as)
+        return tuple(dict.fromkeys(n for n in names if n is not None))
 
 
 # Flow matching gets MeanFlow's time sampler of the two presets (logit-normal(-0.4, 1)), so that the
@@ -110,21 +131,43 @@ RUNS: tuple[Run, ...] = (
         teacher="flow_matching"),
     Run("shortcut", "shortcut", "shortcut model", (1, 2, 4, 128), (1, 2, 128),
         overrides=("method.kwargs.target_ema=0.99",)),
+    # Score SDE (VP, the reference's settings): one training, three samplers.
+    Run("score_sde", "score_sde", "Score SDE (VP), Euler-Maruyama", (10, 100, 1000), (100, 1000)),
+    Run("score_sde_ode", "score_sde", "Score SDE (VP), PF-ODE Heun", (5, 25, 100), (25, 100),
+        trained_as="score_sde", sample_kwargs=(("sampler", "ode"), ("ode_solver", "heun"))),
+    Run("score_sde_rk45", "score_sde", "Score SDE (VP), PF-ODE RK45 (tol 1e-5)", (1,), (1,),
+        trained_as="score_sde", sample_kwargs=(("sampler", "ode"), ("ode_solver", "rk45"))),
+    # Rectified flow (Liu et al.): 1-RF = flow matching with uniform t for half the budget; 2-RF = reflow
+    # on its pairs for the other half; distillation = 1-RF (1/2) -> 2-RF (1/4) -> one-step map (1/4).
+    Run("rf1", "flow_matching", "1-rectified flow (stage)", (1, 2, 10, 100), (1, 2, 10, 50),
+        overrides=("method.kwargs.time_dist=uniform",), share=0.5, row=False),
+    Run("reflow", "reflow", "2-rectified flow (reflow)", (1, 2, 10, 100), (1, 2, 10, 50),
+        init_from="rf1", pairs_from="rf1", share=0.5),
+    Run("reflow_half", "reflow", "2-rectified flow (stage)", (1,), (1,), init_from="rf1", pairs_from="rf1",
+        share=0.25, row=False),
+    Run("distill", "distill", "2-RF + one-step distillation", (1,), (1,), init_from="reflow_half",
+        pairs_from="reflow_half", share=0.25),
+    # MeanFlow fine-tuned from the 1-RF stage (a flow-matching model, h = 0) for the other half.
+    Run("meanflow_ft", "meanflow", "MeanFlow from flow matching (1/2 + 1/2)", (1, 2), (1, 2), init_from="rf1",
+        share=0.5),
 )
 LABEL = {r.name: r.label for r in RUNS}
 
 
 def select_runs(names: str | None) -> list[Run]:
-    """The runs named in `--methods` (comma-separated; default all), teachers added first."""
+    """The runs named in `--methods` (comma-separated; default all) with their upstream runs, in the
+    order of `RUNS`."""
     by_name = {r.name: r for r in RUNS}
     wanted = list(by_name) if not names else [s.strip() for s in names.split(",") if s.strip()]
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
-    for n in list(wanted):
-        t = by_name[n].teacher
-        if t is not None and t not in wanted:
-            wanted.insert(0, t)
+    todo = list(wanted)
+    while todo:  # upstream runs (teacher, first stage, pairs source, shared training) are added
+        for u in by_name[todo.pop()].upstream:
+            if u not in wanted:
+                wanted.append(u)
+                todo.append(u)
     return [by_name[n] for n in by_name if n in wanted]
 
 
@@ -274,20 +317,31 @@ def train_one(preset: str, overrides: list[str], parent: str, threads: int, prog
 
 
 def train_runs(preset: str, base: list[str], out: Path, runs: list[Run], jobs: int, threads: int,
-               part: str) -> dict[str, dict]:
-    """Train every run of `runs` on the same config (`jobs` at a time); a run with a teacher waits for
-    its teacher's run and gets `training.teacher=<that run folder>`."""
+               part: str, budget: int, pairs: dict) -> dict[str, dict]:
+    """Train every run of `runs` on the same config (`jobs` at a time), each for `share x budget` steps.
+
+    A run starts once its upstream runs are finished: it gets `training.teacher=` / `training.init_from=`
+    their folders, and trains on the pairs written by its `pairs_from` run's model (`make_pairs`, with
+    the options in `pairs`). A `trained_as` run reuses another run's training.
+    """
     done: dict[str, dict] = {}
-    pending = list(runs)
+    pending = [r for r in runs if r.trained_as is None]
     while pending:
-        wave = [r for r in pending if r.teacher is None or r.teacher in done]
+        wave = [r for r in pending if all(u in done for u in r.upstream)]
         if not wave:
-            raise SystemExit(f"teacher run(s) missing for {', '.join(r.name for r in pending)}")
+            raise SystemExit(f"upstream run(s) missing for {', '.join(r.name for r in pending)}")
         specs = {}
         for r in wave:
-            teach = [] if r.teacher is None else [f"training.teacher={done[r.teacher]['run_dir']}"]
-            extra = r.toy_overrides if part == "toy" else ()
-            specs[r.name] = (preset, [*base, f"method.name={r.method}", *r.overrides, *extra, *teach],
+            extra = [f"training.steps={steps_of(r, budget)}", *(r.toy_overrides if part == "toy" else ())]
+            if r.teacher is not None:
+                extra.append(f"training.teacher={done[r.teacher]['run_dir']}")
+            if r.init_from is not None:
+                extra.append(f"training.init_from={done[r.init_from]['run_dir']}")
+            if r.pairs_from is not None:
+                source = Path(done[r.pairs_from]["run_dir"])
+                folder = make_pairs(source, out / "pairs" / r.pairs_from, **pairs)
+                extra += pairs_overrides(folder)
+            specs[r.name] = (preset, [*base, f"method.name={r.method}", *r.overrides, *extra],
                              str(out / r.name), threads, jobs == 1)
         if jobs == 1:
             done.update({n: train_one(*s) for n, s in specs.items()})
@@ -297,10 +351,53 @@ def train_runs(preset: str, base: list[str], out: Path, runs: list[Run], jobs: i
                 futures = {n: pool.submit(train_one, *s) for n, s in specs.items()}
                 done.update({n: f.result() for n, f in futures.items()})
         pending = [r for r in pending if r.name not in done]
+    by_name = {r.name: r for r in runs}
+    for r in runs:
+        if r.trained_as is not None:
+            done[r.name] = {**done[r.trained_as], "reused": True}
+        done[r.name]["upstream"] = [u for u in r.upstream if u != r.trained_as]
+        done[r.name]["total_steps"] = chain_steps(r.trained_as or r.name, by_name, budget)
     for r in runs:
         if r.teacher is not None:
             done[r.name]["teacher"] = r.teacher
     return done
+
+
+def steps_of(run: Run, budget: int) -> int:
+    """Optimizer steps of one run: its share of the table's budget."""
+    return max(1, round(run.share * budget))
+
+
+def chain_steps(name: str, by_name: dict[str, Run], budget: int) -> int:
+    """Optimizer steps of a run plus those of every run upstream of it (each counted once)."""
+    seen, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += [u for u in by_name[n].upstream]
+    return sum(steps_of(by_name[n], budget) for n in seen if by_name[n].trained_as is None)
+
+
+def make_pairs(run_dir: Path, folder: Path, n: int, seed: int, solver: str, threads: int, batch: int) -> Path:
+    """(noise, sample) pairs of the finished run `run_dir` (`meanflow reflow-pairs`; resumes)."""
+    cmd = [sys.executable, "-m", "meanflow.cli", "reflow-pairs", str(run_dir), "-n", str(n), "--out",
+           str(folder), "--seed", str(seed), "--solver", solver, "--batch-size", str(batch)]
+    log("pairs: " + " ".join(shlex.quote(c) for c in cmd[1:]))
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"reflow-pairs failed: {(res.stderr or res.stdout).strip()[-2000:]}")
+    info = read_json(folder / "pairs_time.json") or {}
+    if "wall_s" not in info:
+        write_json(folder / "pairs_time.json", {"wall_s": time.perf_counter() - t0, "n": n, "solver": solver})
+    return folder
+
+
+def pairs_overrides(folder: Path) -> list[str]:
+    """Config overrides that make a run train on the pairs in `folder`."""
+    return ["data.name=pairs", f"data.data_dir={folder}"]
 
 
 def run_info(run_dir: Path) -> dict:
@@ -318,6 +415,30 @@ def run_info(run_dir: Path) -> dict:
     wall = sum(rec["segments"]) if rec.get("segments") else None
     return {"steps": Checkpoint(run_dir).step, "train_wall_s": wall,
             "sec_per_step": float(np.median(per_step)) if per_step else None}
+
+
+def training_record(r: Run, trained: dict) -> dict:
+    """One line of the training table: the run, its settings, its stage chain and its cost."""
+    run = Path(trained["run_dir"])
+    return {"method": r.name, "run_dir": str(run), "teacher": trained.get("teacher"),
+            "upstream": trained.get("upstream", []), "total_steps": trained.get("total_steps"),
+            "settings": method_settings(run), **run_info(run)}
+
+
+class CountCalls(torch.nn.Module):
+    """Wraps a network and counts its forward calls (the NFE of a sampler, per batch)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.net(*args, **kwargs)
+
+
+def section_suffix(args) -> str:
+    return f"-{args.section}" if args.section else ""
 
 
 def method_settings(run_dir: Path) -> str:
@@ -345,6 +466,7 @@ def toy_part(args) -> None:
     from meanflow.evaluation.toy_metrics import energy_distance, sliced_wasserstein
     from meanflow.sampling import generate
     from meanflow.training.load import load_generator
+    from meanflow.training.presets import resolve_config
     from meanflow.utils.images import save_points
 
     out = Path(args.out) / "toy"
@@ -354,13 +476,15 @@ def toy_part(args) -> None:
     runs_wanted = with_steps(select_runs(args.methods), args.sample_steps, "toy")
     datasets = [s.strip() for s in args.toy_datasets.split(",") if s.strip()]
     rows, trainings = [], []
+    budget = args.toy_steps or resolve_config("toy-2d").training.steps
     for name in datasets:
         base = [f"data.name={name}", f"training.seed={args.seed}"]
-        if args.toy_steps:
-            base.append(f"training.steps={args.toy_steps}")
         if args.toy_points:
             base.append(f"data.num_points={args.toy_points}")
-        runs = train_runs("toy-2d", base, out / name, runs_wanted, args.jobs, args.train_threads, "toy")
+        pairs = {"n": args.pairs or args.toy_points or resolve_config("toy-2d").data.num_points,
+                 "seed": args.seed, "solver": args.pairs_solver, "threads": args.eval_threads, "batch": 4096}
+        runs = train_runs("toy-2d", base, out / name, runs_wanted, args.jobs, args.train_threads, "toy",
+                          budget, pairs)
         torch.set_num_threads(args.eval_threads)
         held = build_dataset(name, split="test", n=n, seed=args.seed).x
         floor = build_dataset(name, split="test", n=n, seed=args.seed + 1).x
@@ -368,26 +492,30 @@ def toy_part(args) -> None:
                      "sw": sliced_wasserstein(floor, held), "energy": energy_distance(floor, held)})
         for r in runs_wanted:
             run = Path(runs[r.name]["run_dir"])
-            trainings.append({"dataset": name, "method": r.name, "run_dir": str(run),
-                              "teacher": runs[r.name].get("teacher"), "settings": method_settings(run),
-                              **run_info(run)})
+            if r.trained_as is None:
+                trainings.append({"dataset": name, **training_record(r, runs[r.name])})
+            if not r.row:
+                continue
             method, net, cfg = load_generator(run)
+            method = dataclasses.replace(method, **dict(r.sample_kwargs))
+            net = CountCalls(net)
             for k in r.toy_steps:
-                t0 = time.perf_counter()
+                t0, net.calls = time.perf_counter(), 0
                 x = generate(method, net, 0, n, steps=k, seed=args.seed + 2, batch_size=n, shape=(2,),
                              num_classes=0)
                 gen_s = time.perf_counter() - t0
-                rows.append({"dataset": name, "method": r.name, "steps": k, "sw": sliced_wasserstein(x, held),
-                             "energy": energy_distance(x, held), "sample_s": gen_s})
-                save_points(x, run / "quality" / f"samples-{k}step.png", reference=held)
+                rows.append({"dataset": name, "method": r.name, "steps": k, "nfe": net.calls,
+                             "sw": sliced_wasserstein(x, held), "energy": energy_distance(x, held),
+                             "sample_s": gen_s})
+                save_points(x, run / "quality" / f"samples-{r.name}-{k}step.png", reference=held)
                 log(f"{name} {r.name} {k} step(s): SW {rows[-1]['sw']:.4f}, energy {rows[-1]['energy']:.4f}")
     result = {"rows": rows, "trainings": trainings, "n": n, "seed": args.seed, "command": command_line(),
               "commit": commit0, "commit_end": git_commit(), "hardware": hardware(), "load_start": load0,
               "load_end": load_average(), "wall_s": time.perf_counter() - t_start, "jobs": args.jobs,
               "train_threads": args.train_threads, "date": datetime.date.today().isoformat(),
               "preset": run_setup(trainings)}
-    write_json(out / "results.json", result)
-    update_section(Path(args.results), "toy", toy_markdown(result))
+    write_json(out / f"results{section_suffix(args)}.json", result)
+    update_section(Path(args.results), "toy" + section_suffix(args), toy_markdown(result))
     log(f"toy table written to {args.results}")
 
 
@@ -412,19 +540,30 @@ def label(name: str) -> str:
 
 
 def methods_table(trainings: list[dict], per_step: str) -> list[str]:
-    """Training table: one line per run (and dataset), with its method settings and teacher."""
+    """Training table: one line per run (and dataset), with its method settings, its upstream runs
+    (teacher, first stage, pairs source) and its steps with and without them."""
     has_ds = any("dataset" in t for t in trainings)
     head = (("| dataset " if has_ds else "") + "| method | settings (beyond the defaults) | steps "
-            "| wall time | s/step (median of logged intervals) |")
-    lines = [head, "|---" * (6 if has_ds else 5) + "|"]
+            "| steps with upstream runs | wall time | s/step (median of logged intervals) |")
+    lines = [head, "|---" * (7 if has_ds else 6) + "|"]
     for t in trainings:
         sps = "-" if t["sec_per_step"] is None else (f"{t['sec_per_step'] * 1000:.1f} ms" if per_step == "ms"
                                                      else f"{t['sec_per_step']:.3f} s")
-        teacher = f" (teacher: the {label(t['teacher'])} run)" if t.get("teacher") else ""
+        ups = t.get("upstream") or ([t["teacher"]] if t.get("teacher") else [])
+        after = f" (after: {', '.join(label(u) for u in ups)})" if ups else ""
         ds = f"| {t['dataset']} " if has_ds else ""
-        lines.append(f"{ds}| {label(t['method'])}{teacher} | {t.get('settings', '-')} | {t['steps']} "
+        total = t.get("total_steps") or t["steps"]
+        lines.append(f"{ds}| {label(t['method'])}{after} | {t.get('settings', '-')} | {t['steps']} | {total} "
                      f"| {fmt_s(t['train_wall_s'])} | {sps} |")
     return lines
+
+
+def steps_text(r: dict) -> str:
+    """"k" for a k-step row, "k (NFE)" where the sampler's NFE differs from its steps."""
+    if r["steps"] is None:
+        return "-"
+    nfe = r.get("nfe")
+    return str(r["steps"]) if nfe is None or round(nfe) == r["steps"] else f"{r['steps']} ({nfe:g})"
 
 
 def toy_markdown(res: dict) -> str:
@@ -438,7 +577,7 @@ def toy_markdown(res: dict) -> str:
         f"(1/5/15 min; the machine was shared). Total wall time {fmt_s(res['wall_s'])}.",
         "",
         f"Every method: preset `toy-2d`, network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
-        f"the optimizer steps of the training table (the same for every method of a dataset) on "
+        f"the optimizer steps of the training table (the same total for every row of a dataset) on "
         f"{p['num_points']:,} training points, seed {res['seed']}, samples "
         f"from the EMA {p['ema']} weights; each method's own hyper-parameters are its defaults "
         "(`meanflow methods`) except the settings listed in the training table. Distances between "
@@ -451,9 +590,8 @@ def toy_markdown(res: dict) -> str:
     ]
     for r in res["rows"]:
         name = "data (noise floor)" if r["method"] == "data" else label(r["method"])
-        steps = "-" if r["steps"] is None else str(r["steps"])
-        lines.append(f"| {r['dataset']} | {name} | {steps} | {r['sw']:.4f} | {r['energy']:.4f} |")
-    lines += ["", "Training (same steps for every method of a dataset):", "",
+        lines.append(f"| {r['dataset']} | {name} | {steps_text(r)} | {r['sw']:.4f} | {r['energy']:.4f} |")
+    lines += ["", "Training (the same total steps for every row of a dataset, upstream stages counted):", "",
               *methods_table(res["trainings"], "ms"), "", comparison(res["rows"], "sw", "sliced W2")]
     return "\n".join(lines) + "\n"
 
@@ -597,17 +735,20 @@ def time_meanflow_step(base: list[str], threads: int, n: int = 20) -> float:
     return float(np.median(times))
 
 
-def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, key: str) -> dict:
+def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, r: Run) -> dict:
     """FID/KID of `--num-samples` images from `run` at `steps` steps (cached as JSON in the run)."""
     from meanflow.evaluation import evaluate_images
     from meanflow.sampling import generate_uint8
     from meanflow.training.load import load_generator
     from meanflow.utils.images import make_grid, save_png
 
-    n = args.num_samples
-    cache = run / "quality" / f"fid-{steps}step-n{n}-seed{args.seed}-{ref_path(args).stem}.json"
+    n, key = args.num_samples, r.name
+    sampler = "" if r.trained_as is None else f"{key}-"
+    cache = run / "quality" / f"fid-{sampler}{steps}step-n{n}-seed{args.seed}-{ref_path(args).stem}.json"
     cached = read_json(cache)
     method, net, cfg = load_generator(run)
+    method = dataclasses.replace(method, **dict(r.sample_kwargs))
+    net = CountCalls(net)
     grid = grid_dir / f"mnist-{key}-{steps}step.png"
     if cached is not None and grid.is_file():
         log(f"{run.name} {steps} step(s): FID {cached['fid']:.2f} (cached)")
@@ -615,7 +756,7 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, key: s
     torch.set_num_threads(args.eval_threads)
     t0 = time.perf_counter()
     images = generate_uint8(method, net, n, steps=steps, seed=args.seed, batch_size=250)
-    gen_s = time.perf_counter() - t0
+    gen_s, nfe = time.perf_counter() - t0, net.calls / -(-n // 250)
     # 10 x 10 grid: sample i has class i % 10, so each column is one digit class.
     save_png(make_grid(images[:100], ncol=10), grid)
     if cached is not None:
@@ -624,8 +765,8 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, key: s
     res = evaluate_images(images, ref, model, batch_size=50, progress=False,
                           kid_subset_size=min(1000, n), seed=args.seed, fid_method="eigh")
     res.pop("_features")
-    row = {"method": key, "steps": steps, **res, "sample_s": gen_s, "inception_s": time.perf_counter() - t0,
-           "run_dir": str(run), "grid": str(grid),
+    row = {"method": key, "steps": steps, "nfe": nfe, **res, "sample_s": gen_s,
+           "inception_s": time.perf_counter() - t0, "run_dir": str(run), "grid": str(grid),
            "ema": cfg.training.ema_decays[0] if cfg.training.ema_decays else None}
     write_json(cache, row)
     log(f"{run.name} {steps} step(s): FID {row['fid']:.2f}, KID {row['kid']:.4f} "
@@ -658,19 +799,22 @@ def mnist_part(args) -> None:
     else:
         steps = mnist_steps(args, base, out)
         plan = read_json(out / "plan.json")
-        base.append(f"training.steps={steps}")
-        log(f"training {', '.join(r.name for r in wanted)} for {steps} steps each")
-        runs = train_runs("mnist", base, out, wanted, args.jobs, args.train_threads, "mnist")
+        log(f"training {', '.join(r.name for r in wanted)}: budget {steps} steps")
+        pairs = {"n": args.pairs or 60000, "seed": args.seed, "solver": args.pairs_solver,
+                 "threads": args.eval_threads, "batch": 500}
+        runs = train_runs("mnist", base, out, wanted, args.jobs, args.train_threads, "mnist", steps, pairs)
     model = inception(args)
     ref = reference_stats(args, model)
     grid_dir = Path(args.grid_dir)
     rows, trainings = [], []
     for r in wanted:
         run = Path(runs[r.name]["run_dir"])
-        trainings.append({"method": r.name, "run_dir": str(run), "teacher": runs[r.name].get("teacher"),
-                          "settings": method_settings(run), **run_info(run)})
+        if r.trained_as is None:
+            trainings.append(training_record(r, runs[r.name]))
+        if not r.row:
+            continue
         for k in r.mnist_steps:
-            rows.append(evaluate_row(args, run, k, ref, model, grid_dir, r.name))
+            rows.append(evaluate_row(args, run, k, ref, model, grid_dir, r))
     result = {"rows": rows, "trainings": trainings, "plan": plan, "n": args.num_samples,
               "ref": {"path": str(ref_path(args)), "n": ref.n, "source": ref.source},
               "command": command_line(), "commit": commit0, "commit_end": git_commit(),
@@ -679,14 +823,15 @@ def mnist_part(args) -> None:
               "jobs": args.jobs, "train_threads": args.train_threads, "eval_threads": args.eval_threads,
               "date": datetime.date.today().isoformat(), "grid_dir": str(grid_dir),
               "preset": run_setup(trainings)}
-    write_json(out / "results.json", result)
-    update_section(Path(args.results), "mnist", mnist_markdown(result))
+    write_json(out / f"results{section_suffix(args)}.json", result)
+    update_section(Path(args.results), "mnist" + section_suffix(args), mnist_markdown(result))
     log(f"MNIST table written to {args.results}")
 
 
 def mnist_markdown(res: dict) -> str:
     p, ref = res["preset"], res["ref"]
-    steps = {t["steps"] for t in res["trainings"]}
+    steps = {t.get("total_steps") or t["steps"] for t in res["trainings"] if t["method"] == "meanflow"} or {
+        t["steps"] for t in res["trainings"]}
     plan = res.get("plan") or {}
     how = plan.get("how", "given run folders (--eval-only)")
     if "meanflow_sec_per_step" in plan:
@@ -701,7 +846,8 @@ def mnist_markdown(res: dict) -> str:
         "",
         f"Every method: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
         f"network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
-        f"{', '.join(str(s) for s in sorted(steps))} optimizer steps (chosen by {how}); samples from the EMA "
+        f"{', '.join(str(s) for s in sorted(steps))} optimizer steps per row, stages of a chain counted "
+        f"(chosen by {how}); samples from the EMA "
         f"{p['ema']} weights, class labels i % 10 (balanced), no guidance at sampling. Each method's own "
         "hyper-parameters are its defaults (`meanflow methods`) except the settings in the training table.",
         "",
@@ -721,7 +867,7 @@ def mnist_markdown(res: dict) -> str:
             link = os.path.relpath(grid, REPO / "docs") if grid.resolve().is_relative_to(REPO) else str(grid)
         except ValueError:
             link = str(grid)
-        lines.append(f"| {label(r['method'])} | {r['steps']} | {r['fid']:.2f} | {kid} | "
+        lines.append(f"| {label(r['method'])} | {steps_text(r)} | {r['fid']:.2f} | {kid} | "
                      f"{r['sample_s']:.1f} s | [{grid.name}]({link}) |")
     lines += ["", "Training:", "", *methods_table(res["trainings"], "s"), "",
               comparison(res["rows"], "fid", "FID")]
@@ -766,6 +912,12 @@ def parse_args(argv=None):
     g.add_argument("--eval-only", nargs="+", metavar="RUN_DIR", default=None,
                    help="evaluate these finished runs instead of training")
     g.add_argument("--inception-weights", default=None)
+    p.add_argument("--section", default=None,
+                   help="write the tables into their own section (markers quality:PART-SECTION) and "
+                        "results-SECTION.json, e.g. for a subset of --methods beside an earlier table")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="reflow pairs per source run (default: the training set size)")
+    p.add_argument("--pairs-solver", default="rk45", help="ODE solver of `meanflow reflow-pairs`")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the markdown section(s) of --part from the cached results.json")
     g.add_argument("--grid-dir", default=str(REPO / "docs" / "quality"), help="where the sample grids go")
@@ -774,10 +926,10 @@ def parse_args(argv=None):
 
 def render(args) -> None:
     for part, fn in (("toy", toy_markdown), ("mnist", mnist_markdown)):
-        res = read_json(Path(args.out) / part / "results.json")
+        res = read_json(Path(args.out) / part / f"results{section_suffix(args)}.json")
         if args.part in (part, "all") and res is not None:
             res["preset"] = run_setup(res["trainings"])
-            update_section(Path(args.results), part, fn(res))
+            update_section(Path(args.results), part + section_suffix(args), fn(res))
             log(f"{part} section of {args.results} rewritten from the cached results")
 
 

@@ -72,3 +72,21 @@ def test_mnist_markdown(quality):
     assert "biased upward" in text and "| MeanFlow | 1 | 20.00 |" in text
     assert "| MeanFlow | ratio=0.75, t_mean=-0.6 | 10 |" in text  # the run's settings, not the preset's
     assert "flow matching (Euler) 1 step 200 (10.00x MeanFlow's), best 10 at 50 steps" in text
+
+
+def test_chains_add_their_upstream_runs_and_count_their_steps(quality):
+    runs = quality.select_runs("distill,score_sde_rk45")
+    names = [r.name for r in runs]
+    # Upstream runs come along, in the order of RUNS (each before the runs that need it).
+    assert set(names) == {"rf1", "reflow_half", "distill", "score_sde", "score_sde_rk45"}
+    assert names.index("rf1") < names.index("reflow_half") < names.index("distill")
+    by_name = {r.name: r for r in quality.RUNS}
+    budget = 2000
+    # Every row of the table costs the same total optimizer steps, its stages counted once.
+    for r in quality.RUNS:
+        if r.row and r.teacher is None:
+            assert quality.chain_steps(r.trained_as or r.name, by_name, budget) == budget, r.name
+    # A distillation teacher's steps are counted too (and stated in the training table).
+    assert quality.chain_steps("cd", by_name, budget) == 2 * budget
+    with pytest.raises(SystemExit, match="unknown method"):
+        quality.select_runs("nope")

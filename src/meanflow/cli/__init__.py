@@ -1,4 +1,5 @@
-"""The `meanflow` command line: `train`, `sample`, `presets`, `methods` (and `ref-stats`, `eval`).
+"""The `meanflow` command line: `train`, `sample`, `presets`, `methods` (and `ref-stats`, `eval`,
+`reflow-pairs`, `likelihood`).
 
 Each subcommand lives in its own module with `register(subparsers)`; `main` turns a `UserError`
 (and any argparse complaint) into one line `meanflow: error: <message>` on stderr and exit code 2,
@@ -16,7 +17,7 @@ import sys
 
 from meanflow.errors import UserError
 
-SUBCOMMAND_MODULES = ("train", "sample", "presets", "methods", "evaluate")
+SUBCOMMAND_MODULES = ("train", "sample", "presets", "methods", "evaluate", "reflow_pairs", "likelihood")
 
 
 class _ArgumentError(Exception):

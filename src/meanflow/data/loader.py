@@ -11,6 +11,8 @@ even under a different world size (the position counts global samples, not steps
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -93,11 +95,26 @@ class InfiniteSampler:
         self.epoch, self.position = epoch, position
 
 
+class Batch(NamedTuple):
+    """One batch of :meth:`BatchLoader.next_batch`.
+
+    Attributes:
+        x: Data ``[B, *S]``.
+        y: Class ids, long ``[B]``, or None (unlabelled).
+        noise: The noise coupled with ``x`` ``[B, *S]`` (pairs data), or None.
+    """
+
+    x: Tensor
+    y: Tensor | None
+    noise: Tensor | None
+
+
 class BatchLoader:
     """Infinite ``(x, y)`` batches of an in-memory dataset, drawn by an :class:`InfiniteSampler`.
 
     ``next(loader)`` returns ``x`` [batch_size, *S] and ``y`` long [batch_size] (or None when the
-    dataset is unlabelled), moved to ``device``.
+    dataset is unlabelled), moved to ``device``; :meth:`next_batch` returns the same draw as a
+    :class:`Batch` that also holds the rows of ``data.noise`` (coupled pairs), or None.
     """
 
     def __init__(self, data: ImageData | PointData, batch_size: int, *, seed: int = 0, rank: int = 0,
@@ -110,13 +127,17 @@ class BatchLoader:
         return self
 
     def __next__(self) -> tuple[Tensor, Tensor | None]:
+        b = self.next_batch()
+        return b.x, b.y
+
+    def next_batch(self) -> Batch:
+        """The next draw: rows ``i`` of ``x``, ``y`` and (when the data has it) ``noise``."""
         i = next(self.sampler)
-        x = self.data.x[i]
-        y = None if self.data.y is None else self.data.y[i]
+        y, noise = self.data.y, getattr(self.data, "noise", None)
+        rows = (self.data.x[i], None if y is None else y[i], None if noise is None else noise[i])
         if self.device is not None:
-            x = x.to(self.device, non_blocking=True)
-            y = None if y is None else y.to(self.device, non_blocking=True)
-        return x, y
+            rows = tuple(None if r is None else r.to(self.device, non_blocking=True) for r in rows)
+        return Batch(*rows)
 
     def state_dict(self) -> dict:
         """The sampler's state (see :meth:`InfiniteSampler.state_dict`)."""

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meanflow.data import arrays, cifar, digits, idx, image_folder, points
+from meanflow.data import arrays, cifar, digits, idx, image_folder, pairs, points
 from meanflow.data.types import ImageData, PointData
 from meanflow.errors import UserError
 
@@ -21,14 +21,16 @@ class DatasetSpec:
     Attributes:
         load: ``load(split, data_dir, download, **options)`` returning ImageData or PointData.
         options: the keyword options ``load`` accepts (checked before calling it).
-        kind: ``"image"``, ``"latent"`` or ``"points"``.
+        kind: ``"image"``, ``"latent"``, ``"points"`` or ``"pairs"`` (images or points with their noise).
         description: one line for listings.
+        splits: the splits the files hold (``data.split=all`` reads each of them once).
     """
 
     load: Callable[..., ImageData | PointData]
     options: tuple[str, ...]
     kind: str
     description: str
+    splits: tuple[str, ...] = SPLITS
 
 
 def _idx(name):
@@ -61,6 +63,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "latents": DatasetSpec(
         lambda split, data_dir, download, **kw: arrays.load_latents(split, data_dir, **kw),
         ("path", "num_classes"), "latent", "pre-encoded latents [N,4,32,32] (+labels), .npz or .safetensors"),
+    "pairs": DatasetSpec(
+        lambda split, data_dir, download, **kw: pairs.load_pairs(split, data_dir, **kw), ("path",), "pairs",
+        "coupled (noise, sample) pairs of a trained flow from `meanflow reflow-pairs` (data_dir: its folder)",
+        splits=("train",)),
     **{
         name: DatasetSpec(_toy(name), ("n", "seed"), "points", f"2-D toy distribution '{name}'")
         for name in points.TOY2D_NAMES
@@ -101,8 +107,8 @@ def build_dataset(
         close = difflib.get_close_matches(str(name), DATASETS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"unknown dataset {name!r}{hint}; choose from: {', '.join(list_datasets())}")
-    if split not in SPLITS:
-        raise UserError(f"{name}: unknown split {split!r}; choose from: {', '.join(SPLITS)}")
+    if split not in spec.splits:
+        raise UserError(f"{name}: unknown split {split!r}; choose from: {', '.join(spec.splits)}")
     bad = sorted(set(kw) - set(spec.options))
     if bad:
         allowed = ", ".join(spec.options) or "none"

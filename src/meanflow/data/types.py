@@ -23,6 +23,8 @@ class ImageData:
         name: the registry name the data was built from (e.g. ``"mnist"``).
         class_names: optional human-readable names, one per class.
         is_latent: True when ``x`` holds encoder latents rather than pixels.
+        noise: float32 tensor [N, C, H, W] coupled with ``x`` (row i is the noise that the model's
+            ODE carried to ``x[i]``; the ``pairs`` dataset), or None for ordinary data.
     """
 
     x: Tensor
@@ -31,6 +33,7 @@ class ImageData:
     name: str
     class_names: tuple[str, ...] | None = None
     is_latent: bool = False
+    noise: Tensor | None = None
 
     def __post_init__(self):
         if self.x.ndim != 4 or self.x.dtype != torch.float32:
@@ -38,6 +41,7 @@ class ImageData:
                 f"ImageData.x must be float32 [N, C, H, W], got {self.x.dtype} {tuple(self.x.shape)}"
             )
         _check_labels(self.x, self.y, self.num_classes, self.name)
+        _check_noise(self.x, self.noise, self.name)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -57,17 +61,20 @@ class PointData:
         y: long tensor [N] or None (always None for the 2-D toy sets).
         num_classes: number of classes, 0 when unlabelled.
         name: the registry name the data was built from.
+        noise: float32 tensor [N, D] coupled with ``x`` (the ``pairs`` dataset), or None.
     """
 
     x: Tensor
     y: Tensor | None
     num_classes: int
     name: str
+    noise: Tensor | None = None
 
     def __post_init__(self):
         if self.x.ndim != 2 or self.x.dtype != torch.float32:
             raise ValueError(f"PointData.x must be float32 [N, D], got {self.x.dtype} {tuple(self.x.shape)}")
         _check_labels(self.x, self.y, self.num_classes, self.name)
+        _check_noise(self.x, self.noise, self.name)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -89,6 +96,12 @@ def _check_labels(x: Tensor, y: Tensor | None, num_classes: int, name: str) -> N
         raise UserError(
             f"{name}: labels span [{int(y.min())}, {int(y.max())}] but num_classes={num_classes}"
         )
+
+
+def _check_noise(x: Tensor, noise: Tensor | None, name: str) -> None:
+    if noise is not None and (noise.dtype != torch.float32 or noise.shape != x.shape):
+        raise ValueError(f"{name}: noise must be float32 {list(x.shape)} like x, "
+                         f"got {noise.dtype} {list(noise.shape)}")
 
 
 def uint8_to_unit(images: np.ndarray, layout: str = "NHWC") -> Tensor:

@@ -2,7 +2,8 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, flow_matching, ct, ict, cd, shortcut.
+Registered names (``METHODS``): meanflow, flow_matching, ct, ict, cd, shortcut, reflow, distill,
+score_sde.
 """
 
 from meanflow.methods.base import CONTEXT_KEYS, LossOutput, Method, Progress
@@ -12,7 +13,9 @@ from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.jvp import jvp, supports_tangents
 from meanflow.methods.meanflow import MeanFlow
+from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.registry import METHODS, build_method
+from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
 from meanflow.methods.time_sampling import sample_t_r, sample_time, uniform_schedule
 
@@ -21,12 +24,15 @@ __all__ = [
     "METHODS",
     "ConsistencyDistillation",
     "ConsistencyTraining",
+    "Distill",
     "FlowMatching",
     "ImprovedConsistencyTraining",
     "LossOutput",
     "MeanFlow",
     "Method",
     "Progress",
+    "Reflow",
+    "ScoreSDE",
     "ShortcutModel",
     "build_method",
     "jvp",

@@ -73,6 +73,11 @@ class Method(abc.ABC):
     """Sampling steps the method is meant to be used with (one-step methods 1, an ODE sampler more):
     the grids drawn during and at the end of training and `meanflow sample` use it unless told."""
 
+    needs_pairs: ClassVar[bool] = False
+    """True for a method that only makes sense on coupled (noise, sample) pairs (reflow, distillation
+    of a flow): the loop refuses it on data without a ``noise`` tensor. On data that carries one, the
+    loop passes it to every method as the ``noise`` override of :meth:`loss`."""
+
     def target_decay(self, progress: Progress) -> float:
         """EMA decay of the target network after the step described by `progress` (methods whose
         :attr:`needs` holds ``"target"`` must override it, which the loop checks before training;

@@ -11,6 +11,8 @@ from meanflow.methods.consistency_training import ConsistencyTraining
 from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.meanflow import MeanFlow
+from meanflow.methods.rectified_flow import Distill, Reflow
+from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
 
 METHODS: dict[str, type[Method]] = {
@@ -20,6 +22,9 @@ METHODS: dict[str, type[Method]] = {
     "ict": ImprovedConsistencyTraining,
     "cd": ConsistencyDistillation,
     "shortcut": ShortcutModel,
+    "reflow": Reflow,
+    "distill": Distill,
+    "score_sde": ScoreSDE,
 }
 
 

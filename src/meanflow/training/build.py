@@ -16,8 +16,9 @@ from meanflow.training.config import Config
 
 
 def build_data(cfg: Config):
-    """The training set: ImageData (x [N, C, H, W]) or PointData (x [N, D]) (see meanflow.data)."""
-    from meanflow.data import build_dataset
+    """The training set: ImageData (x [N, C, H, W]) or PointData (x [N, D]) (see meanflow.data);
+    `data.split=all` concatenates the splits the dataset has (x, y and pairs' noise row for row)."""
+    from meanflow.data import DATASETS, build_dataset
 
     d = cfg.data
     opts = dict(d.options)
@@ -25,14 +26,29 @@ def build_data(cfg: Config):
         opts.setdefault("n", d.num_points)
         opts.setdefault("seed", cfg.training.seed)
         return build_dataset(d.name, split="train", data_dir=d.data_dir, **opts)
-    splits = ("train", "test") if d.split == "all" else (d.split,)
+    spec = DATASETS.get(d.name)
+    splits = (spec.splits if spec is not None else ("train", "test")) if d.split == "all" else (d.split,)
     parts = [build_dataset(d.name, split=s, data_dir=d.data_dir, download=d.download, **opts) for s in splits]
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
-    x = torch.cat([p.x for p in parts])
-    y = None if first.y is None else torch.cat([p.y for p in parts])
-    return type(first)(**{**{f: getattr(first, f) for f in first.__dataclass_fields__}, "x": x, "y": y})
+    rows = {k: torch.cat([getattr(p, k) for p in parts]) for k in ("x", "y", "noise")
+            if getattr(first, k, None) is not None}
+    return type(first)(**{**{f: getattr(first, f) for f in first.__dataclass_fields__}, **rows})
+
+
+def check_pairs(cfg: Config, data, method) -> None:
+    """UserError unless data and method agree on coupled pairs: a method that declares `needs_pairs`
+    needs data with a `noise` tensor, and pairs data cannot be augmented (the stored noise is coupled
+    with the stored sample, not with an augmented one)."""
+    has_pairs = getattr(data, "noise", None) is not None
+    if getattr(method, "needs_pairs", False) and not has_pairs:
+        raise UserError(f"method {cfg.method.name!r} trains on coupled (noise, sample) pairs, and dataset "
+                        f"{cfg.data.name!r} has none: make them with `meanflow reflow-pairs RUN -n N --out "
+                        "DIR` and train with data.name=pairs data.data_dir=DIR")
+    if has_pairs and cfg.data.augment_p > 0:
+        raise UserError("data.augment_p > 0 cannot be used with pairs data: an augmented sample is no longer "
+                        "coupled with its stored noise (set data.augment_p=0)")
 
 
 def data_shape(data) -> tuple[int, ...]:

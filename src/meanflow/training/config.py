@@ -43,8 +43,9 @@ def _check(cond: bool, msg: str) -> None:
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """Dataset: 'digits', 'mnist', 'fashion-mnist', 'cifar10', 'latents', or a 2-D toy distribution
-    ('checkerboard', '8gaussians', 'moons', 'spirals')."""
+    """Dataset: 'digits', 'mnist', 'fashion-mnist', 'cifar10', 'latents', a 2-D toy distribution
+    ('checkerboard', '8gaussians', 'moons', 'spirals'), or 'pairs' (the coupled (noise, sample) pairs
+    of `meanflow reflow-pairs`, for the reflow and distill methods; data_dir is their folder)."""
     data_dir: str | None = None
     """Folder (or file, for 'latents') holding the dataset (None: $MEANFLOW_CACHE/<name> or
     ~/.cache/meanflow/<name>)."""

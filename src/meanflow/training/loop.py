@@ -1,4 +1,5 @@
 """The training loop. It knows no method: it calls `method.loss(net, x, y)` and `method.sample`.
+On pairs data (a dataset with a `noise` tensor) it passes each sample's stored noise as `noise=`.
 
     run_dir = train(resolve_config("digits"))
 
@@ -32,6 +33,7 @@ from meanflow.training.build import (
     build_data,
     build_method_from,
     build_net,
+    check_pairs,
     data_shape,
     num_classes,
 )
@@ -359,6 +361,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
     # ---- build and validate everything before the run folder exists -------------------------
     parts = parts or build_parts(cfg)
+    check_pairs(cfg, parts.data, parts.method)
     from meanflow.data import BatchLoader
 
     loader = BatchLoader(parts.data, per_rank, seed=tc.seed, rank=info.rank, world_size=world)
@@ -495,9 +498,11 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             lr = lr_at(step, tc.lr, warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x_all, y_all = next(loader)
-            x_all = x_all.to(device)
-            y_all = y_all.to(device) if (y_all is not None and parts.classes) else None
+            batch = loader.next_batch()
+            x_all = batch.x.to(device)
+            y_all = batch.y.to(device) if (batch.y is not None and parts.classes) else None
+            # Pairs data: the noise stored with each sample replaces the method's fresh draw.
+            noise_all = None if batch.noise is None else batch.noise.to(device)
             aug_all = None
             if augment is not None:
                 # Own generator, reseeded per step (like every other draw): exact on resume.
@@ -513,6 +518,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                 # Only an augmenting run passes net_kwargs (a method may not take them otherwise).
                 extra = {} if aug_all is None else {
                     "net_kwargs": {"augment_labels": aug_all[i * micro:(i + 1) * micro]}}
+                if noise_all is not None:
+                    extra["noise"] = noise_all[i * micro:(i + 1) * micro]
                 last = i == tc.grad_accum - 1
                 sync = contextlib.nullcontext() if (last or ddp_net is net) else ddp_net.no_sync()
                 with sync:
