@@ -132,7 +132,8 @@ RUNS: tuple[Run, ...] = (
     Run("shortcut", "shortcut", "shortcut model", (1, 2, 4, 128), (1, 2, 128),
         overrides=("method.kwargs.target_ema=0.99",)),
     # Score SDE (VP, the reference's settings): one training, three samplers.
-    Run("score_sde", "score_sde", "Score SDE (VP), Euler-Maruyama", (10, 100, 1000), (100, 1000)),
+    Run("score_sde", "score_sde", "Score SDE (VP), Euler-Maruyama", (10, 100, 1000), (100, 1000),
+        overrides=("logging.sample_steps=100",)),  # the grids drawn during training: 100, not 1000 NFE
     Run("score_sde_ode", "score_sde", "Score SDE (VP), PF-ODE Heun", (5, 25, 100), (25, 100),
         trained_as="score_sde", sample_kwargs=(("sampler", "ode"), ("ode_solver", "heun"))),
     Run("score_sde_rk45", "score_sde", "Score SDE (VP), PF-ODE RK45 (tol 1e-5)", (1,), (1,),
@@ -437,6 +438,11 @@ class CountCalls(torch.nn.Module):
         return self.net(*args, **kwargs)
 
 
+def adaptive(r: Run) -> bool:
+    """Whether the run's sampler picks its own steps (the NFE is then the measured figure)."""
+    return dict(r.sample_kwargs).get("ode_solver") == "rk45"
+
+
 def section_suffix(args) -> str:
     return f"-{args.section}" if args.section else ""
 
@@ -505,6 +511,7 @@ def toy_part(args) -> None:
                              num_classes=0)
                 gen_s = time.perf_counter() - t0
                 rows.append({"dataset": name, "method": r.name, "steps": k, "nfe": net.calls,
+                             "adaptive": adaptive(r),
                              "sw": sliced_wasserstein(x, held), "energy": energy_distance(x, held),
                              "sample_s": gen_s})
                 save_points(x, run / "quality" / f"samples-{r.name}-{k}step.png", reference=held)
@@ -563,6 +570,8 @@ def steps_text(r: dict) -> str:
     if r["steps"] is None:
         return "-"
     nfe = r.get("nfe")
+    if r.get("adaptive"):
+        return f"adaptive ({nfe:g})"
     return str(r["steps"]) if nfe is None or round(nfe) == r["steps"] else f"{r['steps']} ({nfe:g})"
 
 
@@ -765,7 +774,7 @@ def evaluate_row(args, run: Path, steps: int, ref, model, grid_dir: Path, r: Run
     res = evaluate_images(images, ref, model, batch_size=50, progress=False,
                           kid_subset_size=min(1000, n), seed=args.seed, fid_method="eigh")
     res.pop("_features")
-    row = {"method": key, "steps": steps, "nfe": nfe, **res, "sample_s": gen_s,
+    row = {"method": key, "steps": steps, "nfe": nfe, "adaptive": adaptive(r), **res, "sample_s": gen_s,
            "inception_s": time.perf_counter() - t0, "run_dir": str(run), "grid": str(grid),
            "ema": cfg.training.ema_decays[0] if cfg.training.ema_decays else None}
     write_json(cache, row)

@@ -4,20 +4,12 @@ markdown section, resume from the cached runs, and keep text outside the markers
 import json
 
 import pytest
-import torch
 from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def quality():
     return load_benchmark("quality")
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_update_section_keeps_other_text(quality, tmp_path):

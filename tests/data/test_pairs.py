@@ -13,14 +13,7 @@ from meanflow.errors import UserError
 from meanflow.reflow_pairs import PairsJob, write_pairs
 from meanflow.sampling import noise_for
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny networks here run fastest on one thread; more only contend on a loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_round_trip_points(tmp_path):

@@ -216,15 +216,6 @@ def lpips_file(tmp_path_factory):
     clear_cache()  # the loaded module is cached per (path, device) for the whole process
 
 
-@pytest.fixture
-def one_thread():
-    # Small convolutions: on a shared 2-core machine a second thread makes them several times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("cls", CLASSES)
 def test_lpips_needs_weights_and_sane_options(cls):
     with pytest.raises(UserError, match="lpips_weights"):

@@ -39,14 +39,6 @@ def _train(method, data):
     return net
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # reproducible numbers, and polite on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_meanflow_one_step_beats_flow_matching_one_step(one_thread):
     data = toy2d.sample("checkerboard", 50000, seed=0)

@@ -13,12 +13,7 @@ PATHS = [VPPath(), SubVPPath(), VEPath(), VPPath(0.5, 5.0), VEPath(0.1, 10.0)]
 IDS = ["vp", "subvp", "ve", "vp-0.5-5", "ve-0.1-10"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: thread start-up dominates on a loaded machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_closed_forms_match_the_published_coefficients():

@@ -55,14 +55,6 @@ def _train(method, data, steps, net=None):
     return net.eval()
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_reflow_straightens_and_distill_is_one_step(tmp_path, one_thread):
     data = PointData(x=toy2d.sample("checkerboard", 20000, seed=0).float(), y=None, num_classes=0, name="toy")

@@ -42,12 +42,7 @@ class GaussianEps(nn.Module):
         return (self.path.sigma(t.double())[:, None] * (z.double() - mean) / std**2).to(z.dtype)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: thread start-up dominates on a loaded machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _noise(n=4000, seed=0):

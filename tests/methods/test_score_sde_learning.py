@@ -27,14 +27,6 @@ from meanflow.methods import ScoreSDE
 STEPS, BATCH, LR = 1500, 256, 2e-3
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # reproducible numbers, and polite on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_vp_score_sde_learns_two_moons(one_thread):
     data = toy2d.sample("moons", 50000, seed=0)

@@ -357,14 +357,6 @@ def test_schedule_is_rejected_and_small_max_steps_caps_steps():
 # ---------------------------------------------------------------------------- learning
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # reproducible numbers, and polite on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_shortcut_learns_one_step_checkerboard(one_thread):
     steps, batch = 2500, 256

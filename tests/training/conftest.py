@@ -1,12 +1,8 @@
 """Fixtures shared by the training tests."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every training test runs on one torch thread (see the root conftest)."""
