@@ -2,7 +2,7 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, flow_matching, ct, ict, cd, shortcut, reflow, distill,
+Registered names (``METHODS``): meanflow, imf, flow_matching, ct, ict, cd, shortcut, reflow, distill,
 score_sde.
 """
 
@@ -11,6 +11,7 @@ from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
 from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
+from meanflow.methods.improved_meanflow import ImprovedMeanFlow
 from meanflow.methods.jvp import jvp, supports_tangents
 from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
@@ -27,6 +28,7 @@ __all__ = [
     "Distill",
     "FlowMatching",
     "ImprovedConsistencyTraining",
+    "ImprovedMeanFlow",
     "LossOutput",
     "MeanFlow",
     "Method",

@@ -10,6 +10,7 @@ from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
 from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
+from meanflow.methods.improved_meanflow import ImprovedMeanFlow
 from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.score_sde import ScoreSDE
@@ -17,6 +18,7 @@ from meanflow.methods.shortcut import ShortcutModel
 
 METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
+    "imf": ImprovedMeanFlow,
     "flow_matching": FlowMatching,
     "ct": ConsistencyTraining,
     "ict": ImprovedConsistencyTraining,
