@@ -50,6 +50,29 @@ def test_generate_is_seeded_and_batch_independent():
         torch.testing.assert_close(a, e - net(e, ones, ones), rtol=1e-5, atol=1e-6)
 
 
+def test_generate_passes_method_sampling_options():
+    """`sample_options` reach `method.sample` as keywords; one the method does not take is a UserError."""
+    from meanflow.methods import build_method
+    from meanflow.networks import MLP
+
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=8, depth=1, num_classes=2, guidance_cond=True)
+    imf = build_method("imf", num_classes=2)
+    kw = dict(shape=(2,), num_classes=2, seed=3)
+    plain = sampling.generate(imf, net, 0, 6, **kw)
+    torch.testing.assert_close(sampling.generate(imf, net, 0, 6, sample_options={"omega": 1.0}, **kw), plain)
+    guided = sampling.generate(imf, net, 0, 6, sample_options={"omega": 4.0, "interval": (0.2, 0.9)}, **kw)
+    e = sampling.noise_for(0, 6, (2,), seed=3)
+    y, ones = torch.arange(6) % 2, torch.ones(6)
+    with torch.no_grad():
+        expect = e - net(e, ones, ones, y, guidance=torch.tensor([[4.0, 0.2, 0.9]]).expand(6, 3))
+    torch.testing.assert_close(guided, expect)
+    assert not torch.allclose(guided, plain)
+    for bad in ({"omega": 2.0}, {"steps": 2}):
+        with pytest.raises(UserError, match="takes no sampling option"):
+            sampling.generate(MeanFlow(), _image_net(), 0, 2, sample_options=bad)
+
+
 def test_generate_uint8_quantises_as_specified():
     net, method = _image_net(), MeanFlow()
     imgs = sampling.generate_uint8(method, net, 9, steps=2, seed=0, batch_size=4)

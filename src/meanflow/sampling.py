@@ -11,6 +11,7 @@ Class labels of a conditional model are `i % num_classes` (balanced) unless one 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -89,16 +90,34 @@ def generation_kwargs(net: nn.Module, n: int, device: str | torch.device = "cpu"
     return {"augment_labels": torch.zeros(n, dim, device=device)} if dim > 0 else None
 
 
+def check_sample_options(method, options: dict | None) -> dict:
+    """`options` (method-specific keywords of `method.sample`, e.g. iMF's `omega=4.0`,
+    `interval=(0.3, 0.8)`) as a dict; a UserError naming the first one `method.sample` does not take."""
+    options = dict(options or {})
+    params = inspect.signature(method.sample).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return options
+    reserved = ("net", "noise", "y", "steps", "schedule", "net_kwargs", "generator")
+    for key in options:
+        if key in reserved or key not in params:
+            raise UserError(f"method {type(method).__name__} takes no sampling option {key!r}")
+    return options
+
+
 @torch.no_grad()
 def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, seed: int = 0,
              batch_size: int = 256, class_label: int | None = None, device: str | torch.device = "cpu",
-             shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> torch.Tensor:
+             shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+             sample_options: dict | None = None) -> torch.Tensor:
     """Samples [start, stop) as float32 [stop - start, *shape] on the CPU (images in [-1, 1]).
 
-    Calls `method.sample(net, noise, y, steps=steps, generator=SampleNoise(...))` in batches of
-    `batch_size`; sample i depends only on (seed, i), for stochastic samplers too. A network trained
-    with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation, as in EDM.
+    Calls `method.sample(net, noise, y, steps=steps, generator=SampleNoise(...), **sample_options)`
+    in batches of `batch_size`; sample i depends only on (seed, i), for stochastic samplers too. A
+    network trained with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation,
+    as in EDM. `sample_options` are method-specific keywords of `method.sample` (e.g. iMF's guidance
+    `omega=4.0, interval=(0.3, 0.8)`); one the method does not take is a UserError.
     """
+    options = check_sample_options(method, sample_options)
     if steps < 1:
         raise UserError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
@@ -116,14 +135,15 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
         kw = generation_kwargs(net, hi - lo, device)
         extra = {} if kw is None else {"net_kwargs": kw}
         gen = SampleNoise(lo, hi, seed)
-        outs.append(method.sample(net, e, y, steps=steps, generator=gen, **extra).float().cpu())
+        outs.append(method.sample(net, e, y, steps=steps, generator=gen, **extra, **options).float().cpu())
     return torch.cat(outs) if outs else torch.empty((0, *shape))
 
 
 def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0, batch_size: int = 256,
                    class_label: int | None = None, device: str | torch.device = "cpu",
-                   rows: tuple[int, int] | None = None) -> np.ndarray:
-    """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`).
+                   rows: tuple[int, int] | None = None, sample_options: dict | None = None) -> np.ndarray:
+    """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`; `sample_options`
+    as there).
 
     `rows=(start, stop)` returns only samples [start, stop) of the n (one rank's shard); sample i
     depends only on (seed, i), so the shards of all ranks concatenate to the full set.
@@ -135,5 +155,5 @@ def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0
     if getattr(net, "meanflow_is_latent", False):
         raise UserError("this model generates latents, not images: decode them with the VAE first")
     x = generate(method, net, start, stop, steps=steps, seed=seed, batch_size=batch_size,
-                 class_label=class_label, device=device)
+                 class_label=class_label, device=device, sample_options=sample_options)
     return to_uint8(x)

@@ -87,6 +87,59 @@ def test_train_then_sample(tmp_path, capsys):
     assert sorted(p.name for p in runs.iterdir()) == [run.name]
 
 
+def test_imf_sample_and_eval_with_guidance_chosen_now(tmp_path, capsys, cheap_model):
+    """A tiny class-conditional iMF run: --omega/--interval change the samples (1 step), --omega 1 is
+    the default; the same flags on a MeanFlow run are a one-line error."""
+    runs = tmp_path / "runs"
+    fast = ["--set", "training.warmup_steps=0", "--lr", "0.01"]  # so that the guidance embedders move
+    assert main(["train", "--out-dir", str(runs), *TINY, *fast, "--method", "imf",
+                 "--set", "data.use_labels=true"]) == 0
+    (run,) = runs.iterdir()
+    images = {}
+    for name, flags in {"plain": [], "w1": ["--omega", "1"], "w4": ["--omega", "4", "--interval", "0", "1"],
+                        "w4_part": ["--omega", "4", "--interval", "0.3", "0.8"]}.items():
+        assert main(["sample", str(run), "-n", "20", "--ema", "raw", "--out", str(tmp_path / name),
+                     *flags]) == 0
+        with np.load(tmp_path / f"{name}.npz") as z:
+            images[name] = z["images"]
+    assert "omega 4.0, interval (0.3, 0.8)" in capsys.readouterr().out
+    np.testing.assert_array_equal(images["plain"], images["w1"])  # the method's default: no guidance
+    assert (images["w1"] != images["w4"]).any() and (images["w4"] != images["w4_part"]).any()
+    # default output names say the guidance
+    assert main(["sample", str(run), "-n", "4", "--omega", "2.5", "--interval", "0.3", "0.8"]) == 0
+    assert (run / "samples" / "sample-n4-steps1-seed0-omega2.5-interval0.3-0.8.npz").is_file()
+    # out of range: the method's check, one line
+    assert "omega" in _one_line_error(capsys, main(["sample", str(run), "--omega", "0.5"]))
+    assert "interval" in _one_line_error(capsys, main(["sample", str(run), "--interval", "0.8", "0.3"]))
+    # eval --checkpoint generates through the same function with the same options
+    np.savez(tmp_path / "ref_images.npz", images=images["w1"])
+    assert main(["ref-stats", "--images", str(tmp_path / "ref_images.npz"),
+                 "--out", str(tmp_path / "ref.npz"), "--no-progress"]) == 0
+    ev = ["eval", "--checkpoint", str(run), "--num-samples", "20", "--ema", "raw", "--ref",
+          str(tmp_path / "ref.npz"), "--kid-subset-size", "4", "--no-progress"]
+    assert main([*ev, "--omega", "1"]) == 0
+    assert main([*ev, "--omega", "4", "--interval", "0", "1"]) == 0
+    with np.load(run / "samples_n20_steps1_seed0_omega1.npz") as z:
+        np.testing.assert_array_equal(z["samples"], images["w1"])
+    with np.load(run / "samples_n20_steps1_seed0_omega4_interval0_1.npz") as z:
+        np.testing.assert_array_equal(z["samples"], images["w4"])
+    # a MeanFlow run has no guidance input: one-line errors, nothing written
+    runs_mf = tmp_path / "runs_mf"
+    assert main(["train", "--out-dir", str(runs_mf), *TINY, "--set", "data.use_labels=true"]) == 0
+    (mf,) = runs_mf.iterdir()
+    capsys.readouterr()
+    for flags in (["--omega", "4"], ["--interval", "0.3", "0.8"], ["--omega", "4", "--interval", "0", "1"]):
+        line = _one_line_error(capsys, main(["sample", str(mf), "--out", str(tmp_path / "mf"), *flags]))
+        assert "'meanflow' has no such input" in line and flags[0] in line
+    assert not (tmp_path / "mf.npz").exists()
+    line = _one_line_error(capsys, main(["eval", "--checkpoint", str(mf), "--num-samples", "4", "--ref",
+                                         str(tmp_path / "ref.npz"), "--omega", "4", "--no-progress"]))
+    assert "has no such input" in line
+    line = _one_line_error(capsys, main(["eval", "--samples", str(tmp_path / "w1.npz"), "--ref",
+                                         str(tmp_path / "ref.npz"), "--omega", "4", "--no-progress"]))
+    assert "--checkpoint" in line
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--preset", "nope"], "unknown preset 'nope'"),
     (["train", "--bogus-flag"], "unrecognized arguments"),
@@ -100,6 +153,8 @@ def test_train_then_sample(tmp_path, capsys):
     (["train", "--preset", "mnist", "--data-dir", "/nonexistent/mnist"], ""),
     (["train", "--resume", "/nonexistent/run"], "not found"),
     (["train", "--set", "data.augment_p=0.12"], "augmentation labels"),
+    (["train", "--method", "imf", "--set", "data.use_labels=true",
+      "--set", "network={name: dit-s/2, kwargs: {}}"], "which network 'dit-s/2' cannot take"),
     (["sample", "/nonexistent/run"], "not found"),
     (["nonsense"], "invalid choice"),
 ])

@@ -91,3 +91,65 @@ def test_ddpmpp_parameter_count():
     assert [k for k, m in net.enc.items() if getattr(m, "attention", False)] == [
         f"16x16_block{i}" for i in range(4)
     ]
+
+
+def _guidance(b, dtype=torch.float64, seed=0):
+    """``[b, 3]`` rows ``(w, t_min, t_max)`` with ``w`` in [1, 8], ``t_min <= 0.5 <= t_max``."""
+    g = torch.Generator().manual_seed(seed)
+    w = 1 + 7 * torch.rand(b, generator=g, dtype=dtype)
+    return torch.stack([w, 0.5 * torch.rand(b, generator=g, dtype=dtype),
+                        0.5 + 0.5 * torch.rand(b, generator=g, dtype=dtype)], dim=1)
+
+
+def test_tangent_mode_with_guidance_inputs():
+    """Guidance inputs (no tangent) leave the exact tangent equal to torch.func.jvp (and a central
+    difference) in float64, with classes and train-mode dropout."""
+    net = perturb_(tiny(num_classes=3, guidance_cond=True).double()).train()
+    z, t, h = _inputs()
+    y = torch.tensor([1, 3])
+    g = _guidance(2)
+    check_tangent_mode(net, z, t, h, y, guidance=g)
+    # each guidance input changes the output
+    net.eval()
+    base = net(z, t, h, y, guidance=g)
+    for col, value in ((0, 1.0), (1, 0.0), (2, 1.0)):
+        other = g.clone()
+        other[:, col] = value
+        assert (net(z, t, h, y, guidance=other) - base).abs().max() > 1e-6, col
+
+
+def test_guidance_cond_false_is_the_network_of_before():
+    """Default (False): same parameters, order, shapes and initial values, identical outputs."""
+    torch.manual_seed(0)
+    a = tiny(num_classes=3, augment_dim=2)
+    torch.manual_seed(0)
+    b = tiny(num_classes=3, augment_dim=2, guidance_cond=False)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb) and all(sa[k].shape == sb[k].shape for k in sa)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not any("guidance" in k for k in sa)
+    perturb_(a), perturb_(b)
+    a.eval(), b.eval()
+    z, t, h = _inputs(b=3, dtype=torch.float32)
+    y = torch.tensor([0, 2, 3])
+    assert torch.equal(a(z, t, h, y), b(z, t, h, y))
+    # the guided network only adds the guidance embedders
+    torch.manual_seed(0)
+    c = tiny(num_classes=3, augment_dim=2, guidance_cond=True)
+    extra = set(c.state_dict()) - set(sa)
+    assert set(sa) <= set(c.state_dict()) and extra and all(k.startswith("map_guidance.") for k in extra)
+
+
+def test_guidance_inputs_are_checked():
+    plain, guided = tiny(), tiny(guidance_cond=True)
+    z, t, h = _inputs(dtype=torch.float32)
+    g = _guidance(2, torch.float32)
+    for call in (lambda: plain(z, t, h, guidance=g), lambda: guided(z, t, h),
+                 lambda: guided(z, t, h, guidance=g[:, :2]), lambda: guided(z, t, h, guidance=g[:1])):
+        with pytest.raises(UserError) as err:
+            call()
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError):
+        tiny(guidance_cond="yes")
+    with torch.device("meta"):
+        assert build_network("unet-ddpmpp", guidance_cond=True).guidance_cond

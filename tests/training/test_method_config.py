@@ -9,7 +9,7 @@ import pytest
 from meanflow.errors import UserError
 from meanflow.methods import FlowMatching, MeanFlow
 from meanflow.methods import registry as method_registry
-from meanflow.training.build import build_method_from
+from meanflow.training.build import build_method_from, build_net, network_kwargs
 from meanflow.training.config import Config, MethodConfig
 from meanflow.training.config_io import config_diff, config_from_dict, config_to_dict, config_to_yaml
 from meanflow.training.presets import resolve_config
@@ -122,6 +122,46 @@ def test_guidance_without_labels_names_use_labels():
     with pytest.raises(UserError, match=r"guidance .*class labels: set data.use_labels=true"):
         resolve_config("digits", overrides=["method.kappa=0.5"])
     resolve_config("digits", overrides=["method.kappa=0.5", "data.use_labels=true"])
+
+
+IMF_LABELS = ["method.name=imf", "data.use_labels=true"]
+TINY_UNET = ("network={name: unet, kwargs: {model_channels: 8, channel_mult: [1, 2], num_blocks: 1, "
+             "attn_resolutions: [], dropout: 0.0}}")
+
+
+@pytest.mark.parametrize("network", ["network={name: mlp, kwargs: {hidden: 8, depth: 1}}", TINY_UNET])
+def test_imf_with_labels_gets_guidance_cond_automatically(network):
+    """The method declares its `net_inputs`; the builder turns `guidance` into `guidance_cond=True`."""
+    cfg = resolve_config("digits", overrides=[network, *IMF_LABELS])
+    assert "guidance_cond" not in cfg.network.kwargs
+    method = build_method_from(cfg, 10)
+    assert method.net_inputs == ("guidance",)
+    assert network_kwargs(cfg, (1, 8, 8), 10, method)["guidance_cond"] is True
+    net = build_net(cfg, (1, 8, 8), 10)  # the method built from cfg when not given
+    assert net.guidance_cond is True
+    # an explicit true is accepted; unconditional imf and other methods leave the network as it was
+    cfg = resolve_config("digits", overrides=[network, *IMF_LABELS, "network.kwargs.guidance_cond=true"])
+    assert build_net(cfg, (1, 8, 8), 10).guidance_cond is True
+    for overrides in (["method.name=imf"], ["data.use_labels=true"], []):
+        cfg = resolve_config("digits", overrides=[network, *overrides])
+        classes = 10 if cfg.data.use_labels else 0
+        assert build_method_from(cfg, classes).net_inputs == ()
+        assert "guidance_cond" not in network_kwargs(cfg, (1, 8, 8), classes)
+        assert build_net(cfg, (1, 8, 8), classes).guidance_cond is False
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["network={name: dit-s/2, kwargs: {}}", *IMF_LABELS], "'guidance', which network 'dit-s/2' cannot take"),
+    (["network.kwargs.guidance_cond=false", *IMF_LABELS], "network.kwargs.guidance_cond=False"),
+    (["network.kwargs.guidance_cond=true", "method.name=imf"], "no input 'guidance'"),
+    (["network.kwargs.guidance_cond=true", "data.use_labels=true"], "no input 'guidance'"),
+])
+def test_guidance_input_mismatch_is_one_line(overrides, message):
+    cfg = resolve_config("digits", overrides=overrides)
+    classes = 10 if cfg.data.use_labels else 0
+    with pytest.raises(UserError) as err:
+        build_net(cfg, (1, 8, 8), classes)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_num_classes_is_data_derived_unless_set():

@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     _add_common(p)
     p.set_defaults(func=run_ref_stats)
 
+    from meanflow.cli.sample import add_guidance_args
+
     p = subparsers.add_parser("eval", help="FID and KID of samples against reference statistics",
                               description="FID/KID of an image set, or of fresh samples from a checkpoint.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -69,6 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--class-label", type=int, default=None, help="generate one class only")
     p.add_argument("--ema", default=None, help="which EMA weights to sample with (see `meanflow sample`)")
     p.add_argument("--gen-batch-size", type=int, default=256, help="generation batch size")
+    add_guidance_args(p)
     p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="matrix square root: sqrtm (pytorch-fid's, default) or eigh (same value, faster)")
     p.add_argument("--kid-subsets", type=int, default=100)
@@ -174,7 +177,10 @@ def _generated_path(args) -> Path:
     """Where `eval --checkpoint` writes its samples: beside the checkpoint, or in the run folder."""
     ckpt = Path(args.checkpoint)
     out_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    return out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}.npz"
+    from meanflow.cli.sample import guidance_tag
+
+    tag = guidance_tag(args).replace("-", "_")
+    return out_dir / f"samples_n{args.num_samples}_steps{args.steps}_seed{args.seed}{tag}.npz"
 
 
 def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
@@ -189,13 +195,16 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
-    method, net, _ = load_generator(str(ckpt), ema=args.ema, device=args.device)
+    from meanflow.cli.sample import guidance_options
+
+    method, net, cfg = load_generator(str(ckpt), ema=args.ema, device=args.device)
+    options = guidance_options(args, method, cfg)
     if args.steps is None:
         args.steps = method.default_steps
     # Each rank draws its own slice of the samples; gathered, they equal a single process's set.
     local = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,
-                           rows=shard_range(args.num_samples, *rank_and_world()))
+                           rows=shard_range(args.num_samples, *rank_and_world()), sample_options=options)
     images = gather_rows(local)
     path = _generated_path(args)
     if not main:
@@ -239,6 +248,10 @@ def _reference(args, model):
 
 def run_eval(args) -> dict:
     _check_common(args)
+    guided = getattr(args, "omega", None) is not None or getattr(args, "interval", None) is not None
+    if args.samples and guided:
+        raise UserError("--omega/--interval choose the guidance of generated samples: use them with "
+                        "--checkpoint, not --samples")
     if args.kid_subsets < 1 or args.kid_subset_size < 2:
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
     with _ranks(args) as main:
@@ -287,6 +300,10 @@ def _eval(args, main: bool) -> dict:
     result.update(samples=str(samples_path), ref=str(args.ref))
     if args.checkpoint:
         result.update(checkpoint=str(args.checkpoint), steps=args.steps, seed=args.seed)
+        if getattr(args, "omega", None) is not None:
+            result["omega"] = args.omega
+        if getattr(args, "interval", None) is not None:
+            result["interval"] = list(args.interval)
     if not main:
         return result
     prepare_output(out, f"--out {args.out}" if args.out else f"output {out}")

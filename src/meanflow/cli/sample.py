@@ -25,10 +25,50 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="generation batch size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_guidance_args(p)
     p.add_argument("--out", default=None,
                    help="output path without extension (default: <run>/samples/sample-...); "
                         "writes OUT.png and OUT.npz")
     p.set_defaults(func=run)
+
+
+GUIDANCE_INPUT = "guidance"
+"""The network input (`Method.net_inputs`) that --omega / --interval set at sampling time."""
+
+
+def add_guidance_args(p) -> None:
+    """--omega W and --interval A B: guidance chosen at sampling time (`meanflow sample` and `eval`)."""
+    p.add_argument("--omega", type=float, default=None, metavar="W",
+                   help="guidance scale W >= 1 of a model that takes guidance as an input (class-conditional "
+                        "imf; still 1 NFE per step); default: the method's sample_omega (1: no guidance)")
+    p.add_argument("--interval", type=float, nargs=2, default=None, metavar=("A", "B"),
+                   help="guidance interval: guide only at times t in [A, B], 0 <= A <= B <= 1 (with --omega; "
+                        "default: the method's, [0, 1])")
+
+
+def guidance_options(args, method, cfg) -> dict:
+    """The `method.sample` keywords of --omega / --interval (`omega`, `interval`; empty when neither is
+    given); a UserError when the method gives its network no guidance input."""
+    options = {}
+    if getattr(args, "omega", None) is not None:
+        options["omega"] = float(args.omega)
+    if getattr(args, "interval", None) is not None:
+        options["interval"] = tuple(float(a) for a in args.interval)
+    if options and GUIDANCE_INPUT not in getattr(method, "net_inputs", ()):
+        flags = "/".join(f"--{k}" for k in options)
+        raise UserError(f"{flags} choose the guidance of models that take it as an input (class-conditional "
+                        f"imf); this run's method {cfg.method.name!r} has no such input")
+    return options
+
+
+def guidance_tag(args) -> str:
+    """File-name tag of --omega / --interval, e.g. '-omega4-interval0.3-0.8' ('' when not given)."""
+    tag = ""
+    if getattr(args, "omega", None) is not None:
+        tag += f"-omega{args.omega:g}"
+    if getattr(args, "interval", None) is not None:
+        tag += f"-interval{args.interval[0]:g}-{args.interval[1]:g}"
+    return tag
 
 
 def _out_base(args) -> Path:
@@ -45,7 +85,14 @@ def _out_base(args) -> Path:
         tag += f"-class{args.class_label}"
     if args.ema is not None:
         tag += f"-ema{args.ema}"
+    tag += guidance_tag(args)
     return run_dir / "samples" / tag
+
+
+def _file(base: Path, suffix: str) -> Path:
+    """``base`` plus ``suffix``: ``sample-...-omega2.5`` -> ``sample-...-omega2.5.npz`` (not the
+    ``with_suffix`` reading of ``.5`` as a suffix to replace)."""
+    return base.with_name(base.name + suffix)
 
 
 def run(args) -> int:
@@ -73,15 +120,16 @@ def run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available")
     method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
+    options = guidance_options(args, method, cfg)
     if args.steps is None:
         args.steps = method.default_steps
     out = _out_base(args)
     label = f"--out {args.out}" if args.out is not None else f"output {out}"
     for suffix in (".npz", ".png"):  # fail before the expensive part
-        prepare_output(out.with_suffix(suffix), label, create=False)
+        prepare_output(_file(out, suffix), label, create=False)
     shape, classes = model_info(net)
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                 class_label=args.class_label, device=args.device)
+                 class_label=args.class_label, device=args.device, sample_options=options)
     labels = {}
     if classes:
         from meanflow.sampling import labels_for
@@ -99,11 +147,12 @@ def run(args) -> int:
         if len(shape) == 1 and shape[0] == 2:
             png = png_image(points_image(x))
         kind = f"float32 samples {list(x.shape)}"
-    prepare_output(out.with_suffix(".npz"), label)
+    prepare_output(_file(out, ".npz"), label)
     with atomic_files("samples") as files:
-        np.savez(files.tmp(out.with_suffix(".npz")), **arrays)
+        np.savez(files.tmp(_file(out, ".npz")), **arrays)
         if png is not None:
-            png.save(files.tmp(out.with_suffix(".png")), format="PNG")
+            png.save(files.tmp(_file(out, ".png")), format="PNG")
     written = f"{out}.png, {out}.npz" if png is not None else f"{out}.npz"
-    print(f"{args.num} samples ({args.steps} step(s), seed {args.seed}) -> {written} ({kind})")
+    guided = "".join(f", {k} {v}" for k, v in options.items())
+    print(f"{args.num} samples ({args.steps} step(s), seed {args.seed}{guided}) -> {written} ({kind})")
     return 0

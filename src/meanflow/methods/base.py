@@ -78,6 +78,14 @@ class Method(abc.ABC):
     of a flow): the loop refuses it on data without a ``noise`` tensor. On data that carries one, the
     loop passes it to every method as the ``noise`` override of :meth:`loss`."""
 
+    @property
+    def net_inputs(self) -> tuple[str, ...]:
+        """Keyword inputs this method itself passes to every network call besides ``(z, t, h, y)``
+        (e.g. ``("guidance",)``, a ``[B, 3]`` tensor, for class-conditional iMF); empty by default.
+        The builder (``meanflow.training.build``) turns each into the network option that makes the
+        network take it, and refuses a network that has no such option."""
+        return ()
+
     def target_decay(self, progress: Progress) -> float:
         """EMA decay of the target network after the step described by `progress` (methods whose
         :attr:`needs` holds ``"target"`` must override it, which the loop checks before training;

@@ -105,7 +105,8 @@ class ImprovedMeanFlow(Method):
 
     Defaults are the official ImageNet-256 settings (see the module docstring for sources). A
     class-conditional model (``num_classes > 0``) needs a network that takes the ``guidance``
-    keyword input (e.g. ``mlp`` with ``guidance_cond=True``).
+    keyword input (``mlp`` or ``unet`` with ``guidance_cond=True``, which ``meanflow train`` sets
+    itself from :attr:`net_inputs`).
 
     Attributes:
         ratio: Fraction of each batch with ``r != t`` (the rest have ``r = t``).
@@ -178,6 +179,12 @@ class ImprovedMeanFlow(Method):
     def conditional(self) -> bool:
         """Whether the model is class-conditional, hence takes the ``guidance`` input."""
         return self.num_classes > 0
+
+    @property
+    def net_inputs(self) -> tuple[str, ...]:
+        """``("guidance",)`` when class-conditional (the network then takes ``guidance=[B, 3]``; the
+        builder sets e.g. ``guidance_cond=True`` on it), else ``()``."""
+        return (GUIDANCE_KEY,) if self.conditional else ()
 
     # ------------------------------------------------------------------ training draws
 

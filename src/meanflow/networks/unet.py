@@ -6,7 +6,15 @@ PyTorch port, ``t`` and ``h`` each get their own sinusoidal features of the raw 
 are concatenated (plus optional class and augmentation-label embeddings) and mapped by a
 2-layer MLP to the embedding ``emb``::
 
-    emb = silu(W_1 silu(W_0 [pos(t), pos(h)] + E_y(y) + W_aug a))
+    emb = silu(W_1 silu(W_0 ([pos(t), pos(h)] + E_y(y) + W_aug a [+ E_g(g)])))
+    E_g(g) = E_w(1 - 1/w) + E_a(t_min) + E_b(t_max)     # guidance_cond=True only
+
+The optional guidance term (``guidance_cond=True``, for improved MeanFlow) embeds the keyword input
+``guidance = [w, t_min, t_max]`` (``[B, 3]``: guidance scale ``w >= 1`` and interval) exactly as the
+MLP does (:mod:`meanflow.networks.mlp`): one :class:`TimestepEmbedder` each for ``1 - 1/w``,
+``t_min`` and ``t_max`` (``1 - 1/w`` as in the official iMF DiT), summed and added to the input of
+the embedding MLP beside the class embedding. These inputs have no tangent: in tangent mode the
+derivative is along ``(z, t, h)`` only.
 
 Each residual block (``skip_scale = sqrt(1/2)``)::
 
@@ -28,7 +36,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, sinusoidal
+from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, sinusoidal
 
 
 def _xavier(m: nn.Linear | nn.Conv2d, gain: float = 1.0) -> nn.Module:
@@ -138,7 +146,7 @@ class UNetBlock(nn.Module):
 
 
 class SongUNet(TangentNet):
-    """DDPM++ U-Net with the MeanFlow signature ``net(z, t, h, y, augment_labels=None)``.
+    """DDPM++ U-Net with the MeanFlow signature ``net(z, t, h, y, augment_labels=None, guidance=None)``.
 
     Args:
         img_resolution: input height = width; divisible by ``2^(len(channel_mult) - 1)``.
@@ -154,6 +162,9 @@ class SongUNet(TangentNet):
         adaptive_scale: scale/shift conditioning in the blocks (EDM's ``adaptive_scale``);
             DDPM++ uses an additive bias (False).
         out_channels: output channels (default ``in_channels``).
+        guidance_cond: also condition on ``guidance = [w, t_min, t_max]`` ``[B, 3]`` (a required
+            keyword input then; see the module docstring). False builds exactly the network of before
+            (same parameters, order and initial values).
     """
 
     def __init__(
@@ -170,6 +181,7 @@ class SongUNet(TangentNet):
         channel_mult_emb: int = 4,
         adaptive_scale: bool = False,
         out_channels: int | None = None,
+        guidance_cond: bool = False,
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -184,11 +196,14 @@ class SongUNet(TangentNet):
             raise UserError(f"unet dropout must be in [0, 1), got {dropout}")
         if num_classes < 0 or augment_dim < 0:
             raise UserError("unet num_classes and augment_dim must be >= 0")
+        if not isinstance(guidance_cond, bool):
+            raise UserError(f"unet guidance_cond must be true or false, got {guidance_cond!r}")
         self.img_resolution = img_resolution
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.num_classes = num_classes
         self.augment_dim = augment_dim
+        self.guidance_cond = guidance_cond
         self.noise_channels = model_channels
         emb_channels = model_channels * channel_mult_emb
         feat = 2 * model_channels  # [pos(t), pos(h)]
@@ -197,6 +212,10 @@ class SongUNet(TangentNet):
         self.map_augment = (
             _xavier(nn.Linear(augment_dim, feat, bias=False)) if augment_dim > 0 else None
         )
+        # One embedder each for 1 - 1/w, t_min and t_max (absent unless guidance_cond, so the default
+        # network keeps its parameters, their order and the RNG draws of its initialisation).
+        self.map_guidance = (nn.ModuleList(TimestepEmbedder(feat, model_channels) for _ in range(3))
+                             if guidance_cond else None)
         self.map_layer0 = _xavier(nn.Linear(feat, emb_channels))
         self.map_layer1 = _xavier(nn.Linear(emb_channels, emb_channels))
 
@@ -234,7 +253,9 @@ class SongUNet(TangentNet):
         self.out_norm = L.GroupNorm(cout, eps=1e-6)
         self.out_conv = _xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), _ZERO_GAIN)
 
-    def _embed(self, t, h, y, dt, dh, augment_labels) -> L.Pair:
+    def _embed(self, t, h, y, dt, dh, augment_labels, guidance) -> L.Pair:
+        """``emb [B, E]`` and its tangent (None in plain mode) from ``t, h [B]``, ``y [B]`` or None,
+        ``augment_labels [B, augment_dim]`` or None and ``guidance [B, 3]`` or None."""
         n = self.noise_channels
         et, det = sinusoidal(t, dt, n, endpoint=True)
         eh, deh = sinusoidal(h, dh, n, endpoint=True)
@@ -249,16 +270,36 @@ class SongUNet(TangentNet):
                     f"got {tuple(augment_labels.shape)}"
                 )
             e = e + self.map_augment(augment_labels.to(e.dtype))
+        eg = self._guidance_embedding(guidance, t.shape[0], e)
+        if eg is not None:
+            e = e + eg  # no tangent: de unchanged
         e, de = L.silu(*L.linear(self.map_layer0, e, de))
         return L.silu(*L.linear(self.map_layer1, e, de))
 
-    def pair_forward(self, z, t, h, y, dz, dt, dh, augment_labels: Tensor | None = None):
+    def _guidance_embedding(self, guidance: Tensor | None, b: int, like: Tensor) -> Tensor | None:
+        """``E_w(1 - 1/w) + E_a(t_min) + E_b(t_max)`` ``[B, 2 model_channels]`` from ``guidance =
+        [w, t_min, t_max]`` ``[B, 3]`` (None without guidance_cond: the forward is the one of before)."""
+        if not self.guidance_cond:
+            if guidance is not None:
+                raise UserError("unet got guidance inputs but was built without guidance_cond=True")
+            return None
+        if guidance is None:
+            raise UserError("unet built with guidance_cond=True needs the keyword input guidance=[B, 3] "
+                            "(omega, t_min, t_max)")
+        if tuple(guidance.shape) != (b, 3):
+            raise UserError(f"unet guidance must have shape ({b}, 3), got {tuple(guidance.shape)}")
+        g = guidance.to(like.device, like.dtype)
+        feats = (1 - 1 / g[:, 0], g[:, 1], g[:, 2])
+        return sum(emb(f)[0] for emb, f in zip(self.map_guidance, feats))
+
+    def pair_forward(self, z, t, h, y, dz, dt, dh, augment_labels: Tensor | None = None,
+                     guidance: Tensor | None = None):
         if z.dim() != 4 or z.shape[1] != self.in_channels or z.shape[2] != self.img_resolution:
             raise UserError(
                 f"unet built for inputs [B, {self.in_channels}, {self.img_resolution}, "
                 f"{self.img_resolution}], got {tuple(z.shape)}"
             )
-        emb, demb = self._embed(t, h, y, dt, dh, augment_labels)
+        emb, demb = self._embed(t, h, y, dt, dh, augment_labels, guidance)
         x, dx = z, dz
         skips = []
         for block in self.enc.values():
@@ -279,9 +320,9 @@ class SongUNet(TangentNet):
 
 
 def unet_ddpmpp(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
-                num_classes: int = 0, augment_dim: int = 0) -> SongUNet:
+                num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False) -> SongUNet:
     """The MeanFlow CIFAR-10 U-Net: DDPM++ with 128 channels, ``[2, 2, 2]``, 4 blocks, attention
-    at 16x16, dropout 0.2 (about 55.7M parameters)."""
+    at 16x16, dropout 0.2 (about 55.7M parameters); ``guidance_cond`` as in :class:`SongUNet`."""
     return SongUNet(img_resolution=img_resolution, in_channels=in_channels, model_channels=128,
                     channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=dropout,
-                    num_classes=num_classes, augment_dim=augment_dim)
+                    num_classes=num_classes, augment_dim=augment_dim, guidance_cond=guidance_cond)

@@ -74,10 +74,47 @@ def build_augment(cfg: Config):
     return AugmentPipe(p=cfg.data.augment_p)
 
 
-def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
-    """`cfg.network.kwargs` completed from the data: size, channels, dimension and class count are
-    filled in where the factory takes them and the config does not say; with `data.augment_p > 0`
-    the network gets `augment_dim = 9` (the augmentation labels are extra conditioning)."""
+NET_INPUT_OPTIONS: dict[str, str] = {"guidance": "guidance_cond"}
+"""Network keyword input a method may declare in `Method.net_inputs` -> the boolean option of the
+network factories that makes a network take it (`guidance=[B, 3]`: `mlp`, `unet`, `unet-ddpmpp`)."""
+
+
+def _net_input_options(cfg: Config, params, kw: dict, method) -> dict[str, bool]:
+    """The options of `NET_INPUT_OPTIONS` the network gets: True for each input `method.net_inputs`
+    declares (a UserError when the network has no such option, or the config turns it off), False
+    for the others the factory takes (a UserError when the config turns one on: no input to take)."""
+    from meanflow.networks.registry import NETWORKS
+
+    wanted = tuple(getattr(method, "net_inputs", ()))
+    out: dict[str, bool] = {}
+    for key in wanted:
+        option = NET_INPUT_OPTIONS.get(key)
+        if option is None or option not in params:
+            able = [n for n, f in NETWORKS.items()
+                    if option is not None and option in inspect.signature(f).parameters]
+            hint = f" (networks that do: {', '.join(able)})" if able else ""
+            raise UserError(f"method {cfg.method.name!r} gives the network the input {key!r}, which network "
+                            f"{cfg.network.name!r} cannot take{hint}")
+        if option in kw and kw[option] is not True:
+            raise UserError(f"network.kwargs.{option}={kw[option]!r}, but method {cfg.method.name!r} gives "
+                            f"the network the input {key!r}: leave {option} unset (it is set automatically)")
+        out[option] = True
+    for key, option in NET_INPUT_OPTIONS.items():
+        if key not in wanted and option in params:
+            if kw.get(option, False) is not False:
+                raise UserError(f"network.kwargs.{option}={kw[option]!r}, but method {cfg.method.name!r} "
+                                f"gives the network no input {key!r} in this run: leave {option} unset (it "
+                                "is set automatically when the method needs it)")
+    return out
+
+
+def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int, method=None) -> dict:
+    """`cfg.network.kwargs` completed from the data and the method: size, channels, dimension and
+    class count are filled in where the factory takes them and the config does not say; with
+    `data.augment_p > 0` the network gets `augment_dim = 9` (the augmentation labels are extra
+    conditioning); each keyword input the method declares in `net_inputs` turns on the network option
+    of `NET_INPUT_OPTIONS` (e.g. class-conditional `imf` -> `guidance_cond=True`). `method` is the
+    built method (default: built from `cfg` with `classes`)."""
     from meanflow.networks.registry import NETWORKS
 
     name = cfg.network.name.lower()
@@ -85,6 +122,9 @@ def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
         raise UserError(f"unknown network {cfg.network.name!r}; choices: {', '.join(NETWORKS)}")
     params = inspect.signature(NETWORKS[name]).parameters
     kw = dict(cfg.network.kwargs)
+    if method is None:
+        method = build_method_from(cfg, classes)
+    kw.update(_net_input_options(cfg, params, kw, method))
     auto: dict[str, int] = {"num_classes": classes, "dim": math.prod(shape)}
     if len(shape) == 3:
         auto.update(in_channels=shape[0], input_size=shape[1], img_resolution=shape[1])
@@ -109,10 +149,12 @@ def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int) -> dict:
     return kw
 
 
-def build_net(cfg: Config, shape: tuple[int, ...], classes: int) -> nn.Module:
+def build_net(cfg: Config, shape: tuple[int, ...], classes: int, method=None) -> nn.Module:
+    """The network of `cfg` for samples of `shape` and `classes` classes, with the options the
+    (built) `method` needs (see `network_kwargs`)."""
     from meanflow.networks import build_network
 
-    kw = network_kwargs(cfg, shape, classes)
+    kw = network_kwargs(cfg, shape, classes, method)
     try:
         return build_network(cfg.network.name, **kw)
     except (TypeError, ValueError) as e:

@@ -66,7 +66,8 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt.path} has no valid data_shape / num_classes in its state "
                         f"metadata ({reason(e)})") from e
-    net = build_net(cfg, shape, classes)
+    method = build_method_from(cfg, classes)
+    net = build_net(cfg, shape, classes, method)
     ckpt.load_into(net, weights_prefix(ckpt, ema))
     bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -76,5 +77,4 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     net.meanflow_shape = shape
     net.meanflow_num_classes = classes
     net.meanflow_is_latent = bool(ckpt.state.get("is_latent", False))
-    method = build_method_from(cfg, classes)
     return method, net, cfg

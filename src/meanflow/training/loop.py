@@ -96,9 +96,9 @@ def build_parts(cfg: Config) -> Parts:
     data = build_data(cfg)
     shape = data_shape(data)
     classes = num_classes(cfg, data)
-    torch.manual_seed(cfg.training.seed)
-    net = build_net(cfg, shape, classes)
     method = build_method_from(cfg, classes)
+    torch.manual_seed(cfg.training.seed)
+    net = build_net(cfg, shape, classes, method)
     return Parts(data, net, method, shape, classes)
 
 
