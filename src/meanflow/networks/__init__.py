@@ -5,8 +5,9 @@ See :mod:`meanflow.networks.base` for the tangent mode and docs/design.md for th
 
 from meanflow.networks.base import TangentNet
 from meanflow.networks.dit import DiT
+from meanflow.networks.imf_dit import IMFDiT
 from meanflow.networks.mlp import MLP
 from meanflow.networks.registry import NETWORKS, build_network
 from meanflow.networks.unet import SongUNet
 
-__all__ = ["NETWORKS", "DiT", "MLP", "SongUNet", "TangentNet", "build_network"]
+__all__ = ["NETWORKS", "DiT", "IMFDiT", "MLP", "SongUNet", "TangentNet", "build_network"]

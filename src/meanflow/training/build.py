@@ -76,7 +76,8 @@ def build_augment(cfg: Config):
 
 NET_INPUT_OPTIONS: dict[str, str] = {"guidance": "guidance_cond"}
 """Network keyword input a method may declare in `Method.net_inputs` -> the boolean option of the
-network factories that makes a network take it (`guidance=[B, 3]`: `mlp`, `unet`, `unet-ddpmpp`)."""
+network factories that makes a network take it (`guidance=[B, 3]`: `mlp`, `unet`, `unet-ddpmpp`,
+`imf-dit` and its sizes)."""
 
 
 def _net_input_options(cfg: Config, params, kw: dict, method) -> dict[str, bool]:
