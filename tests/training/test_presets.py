@@ -79,3 +79,32 @@ def test_consistency_cifar10_presets(name, method, lr):
         assert (m.kwargs["s0"], m.kwargs["s1"], m.kwargs["mu0"]) == (2, 150, 0.9)
     else:
         assert (m.kwargs["num_scales"], m.kwargs["mu"], m.kwargs["solver"]) == (18, 0.0, "heun")
+
+
+# iMF: official code Lyy-iiis/imeanflow, configs/default.py + train_config.yml (B/2 training) and
+# eval_config.yml (sampling guidance per released checkpoint).
+IMF = {
+    "imagenet-imf-b2": ("imf-dit-b/2", 8.0, 0.4, 0.65),
+    "imagenet-imf-m2": ("imf-dit-m/2", 10.5, 0.4, 0.6),
+    "imagenet-imf-l2": ("imf-dit-l/2", 10.5, 0.4, 0.6),
+    "imagenet-imf-xl2": ("imf-dit-xl/2", 8.0, 0.42, 0.62),
+}
+
+
+@pytest.mark.parametrize("name", list(IMF))
+def test_imf_presets_key_by_key(name):
+    net, omega, t_min, t_max = IMF[name]
+    c = resolve_config(name)
+    assert c.data.name == "latents" and c.data.use_labels
+    assert c.network.name == net
+    assert c.method.name == "imf"
+    assert c.method.kwargs == {
+        "ratio": 0.5, "time_dist": "logit_normal", "t_mean": -0.4, "t_std": 1.0, "norm_p": 1.0,
+        "norm_eps": 0.01, "omega_max": 8.0, "omega_beta": 1.0, "class_dropout": 0.1,
+        "sample_omega": omega, "sample_t_min": t_min, "sample_t_max": t_max,
+        **{k: v for k, v in c.method.kwargs.items() if k not in (
+            "ratio", "time_dist", "t_mean", "t_std", "norm_p", "norm_eps", "omega_max", "omega_beta",
+            "class_dropout", "sample_omega", "sample_t_min", "sample_t_max")}}
+    t = c.training
+    assert (t.batch_size, t.epochs, t.lr, t.warmup_epochs, tuple(t.betas), tuple(t.ema_decays)) == (
+        1024, 640, 1e-4, 10, (0.9, 0.95), (0.9999,))
