@@ -59,10 +59,11 @@ def _explain(r) -> str:
 def test_kill_during_a_checkpoint_write_then_resume(outcome):
     r = outcome["ckpt-write"]
     # a checkpoint write lasts ~2 ms: on a busy machine the kill may land just after it ("training",
-    # resumed from checkpoint 20 then)
+    # resumed from checkpoint 20 then), or a starved poller may miss checkpoint 20's write altogether and
+    # catch checkpoint 30's (seen once with 5 processes on 2 cores: "ckpt write", resumed from 20)
     assert r.phase in ("ckpt write", "training"), _explain(r)
-    assert r.resumes == 1 and r.fresh == 0 and r.start_step == (10 if r.phase == "ckpt write" else 20), \
-        _explain(r)
+    starts = (10, 20) if r.phase == "ckpt write" else (20,)
+    assert r.resumes == 1 and r.fresh == 0 and r.start_step in starts, _explain(r)
     assert r.ok, _explain(r)
 
 
