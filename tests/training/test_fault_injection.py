@@ -70,7 +70,9 @@ def test_kill_during_a_checkpoint_write_then_resume(outcome):
 def test_kill_inside_a_step_and_again_during_the_resume(outcome):
     r = outcome["mid-step"]
     assert r.phase == "training" and r.start_step == 10, _explain(r)
-    assert r.second_phase in ("ckpt write", "training") and r.resumes == 2, _explain(r)  # as above
+    # as above; a poller starved past every later checkpoint write kills the final phase instead (seen
+    # once under heavy load): the resume must still end bit-identical
+    assert r.second_phase in ("ckpt write", "training", "final phase") and r.resumes == 2, _explain(r)
     assert r.ok, _explain(r)
 
 
