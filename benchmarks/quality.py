@@ -314,6 +314,7 @@ def train_one(preset: str, overrides: list[str], parent: str, threads: int, prog
     t0 = time.perf_counter()
     run = train(cfg, resume=run, echo=log)
     record["segments"].append(time.perf_counter() - t0)
+    record["device"] = device_name(cfg.training.device)
     if Checkpoint(run).step < total:
         write_json(run / "quality_train.json", record)
         raise SystemExit(f"training of {run} stopped early; run the same command again to resume")
@@ -343,7 +344,7 @@ def train_runs(preset: str, base: list[str], out: Path, runs: list[Run], jobs: i
                 extra.append(f"training.teacher={done[r.teacher]['run_dir']}")
             if r.init_from is not None:
                 extra.append(f"training.init_from={done[r.init_from]['run_dir']}")
-            if r.pairs_from is not None:
+            if r.pairs_from is not None and not finished(out / r.name, steps_of(r, budget)):
                 source = Path(done[r.pairs_from]["run_dir"])
                 folder = make_pairs(source, out / "pairs" / r.pairs_from, **pairs)
                 extra += pairs_overrides(folder)
@@ -369,6 +370,15 @@ def train_runs(preset: str, base: list[str], out: Path, runs: list[Run], jobs: i
     return done
 
 
+def finished(parent: Path, steps: int) -> bool:
+    """Whether the newest run under `parent` has trained `steps` steps (it needs no inputs any more,
+    e.g. pairs: a run trained elsewhere and copied into the cache is reused as it is)."""
+    from meanflow.training.checkpoint import Checkpoint
+
+    run = latest_run(parent)
+    return run is not None and Checkpoint(run).step >= steps
+
+
 def steps_of(run: Run, budget: int) -> int:
     """Optimizer steps of one run: its share of the table's budget."""
     return max(1, round(run.share * budget))
@@ -385,10 +395,12 @@ def chain_steps(name: str, by_name: dict[str, Run], budget: int) -> int:
     return sum(steps_of(by_name[n], budget) for n in seen if by_name[n].trained_as is None)
 
 
-def make_pairs(run_dir: Path, folder: Path, n: int, seed: int, solver: str, threads: int, batch: int) -> Path:
+def make_pairs(run_dir: Path, folder: Path, n: int, seed: int, solver: str, threads: int, batch: int,
+               device: str = "cpu") -> Path:
     """(noise, sample) pairs of the finished run `run_dir` (`meanflow reflow-pairs`; resumes)."""
     cmd = [sys.executable, "-m", "meanflow.cli", "reflow-pairs", str(run_dir), "-n", str(n), "--out",
-           str(folder), "--seed", str(seed), "--solver", solver, "--batch-size", str(batch)]
+           str(folder), "--seed", str(seed), "--solver", solver, "--batch-size", str(batch),
+           "--device", device]
     log("pairs: " + " ".join(shlex.quote(c) for c in cmd[1:]))
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -424,11 +436,20 @@ def run_info(run_dir: Path) -> dict:
 
 
 def training_record(r: Run, trained: dict) -> dict:
-    """One line of the training table: the run, its settings, its stage chain and its cost."""
+    """One line of the training table: the run, its settings, its stage chain, its cost and where it
+    trained."""
     run = Path(trained["run_dir"])
+    device = (read_json(run / "quality_train.json") or {}).get("device") or "cpu"
     return {"method": r.name, "run_dir": str(run), "teacher": trained.get("teacher"),
             "upstream": trained.get("upstream", []), "total_steps": trained.get("total_steps"),
-            "settings": method_settings(run), **run_info(run)}
+            "settings": method_settings(run), "device": device, **run_info(run)}
+
+
+def device_name(device: str) -> str:
+    """'cpu', or the GPU's name where training runs on CUDA."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(0)
 
 
 class CountCalls(torch.nn.Module):
@@ -489,11 +510,12 @@ def toy_part(args) -> None:
     rows, trainings = [], []
     budget = args.toy_steps or resolve_config("toy-2d").training.steps
     for name in datasets:
-        base = [f"data.name={name}", f"training.seed={args.seed}"]
+        base = [f"data.name={name}", f"training.seed={args.seed}", *device_overrides(args)]
         if args.toy_points:
             base.append(f"data.num_points={args.toy_points}")
         pairs = {"n": args.pairs or args.toy_points or resolve_config("toy-2d").data.num_points,
-                 "seed": args.seed, "solver": args.pairs_solver, "threads": args.eval_threads, "batch": 4096}
+                 "seed": args.seed, "solver": args.pairs_solver, "threads": args.eval_threads, "batch": 4096,
+                 "device": pairs_device(args)}
         runs = train_runs("toy-2d", base, out / name, runs_wanted, args.jobs, args.train_threads, "toy",
                           budget, pairs)
         torch.set_num_threads(args.eval_threads)
@@ -578,6 +600,16 @@ def steps_text(r: dict) -> str:
     if r.get("adaptive"):
         return f"adaptive ({nfe:g})"
     return str(r["steps"]) if nfe is None or round(nfe) == r["steps"] else f"{r['steps']} ({nfe:g})"
+
+
+def trained_elsewhere(trainings: list[dict]) -> list[str]:
+    """A line naming the GPU(s) the runs trained on (in float32, copied back with `--train-only`), if any;
+    their wall times are that device's."""
+    gpus = sorted({t.get("device", "cpu") for t in trainings} - {"cpu"})
+    if not gpus:
+        return []
+    return [f"Training ran on {', '.join(gpus)} (float32, `--device cuda --train-only`, the run folders "
+            "then evaluated here): the wall times and s/step of the training table are that GPU's.", ""]
 
 
 def toy_markdown(res: dict) -> str:
@@ -795,7 +827,7 @@ def mnist_part(args) -> None:
     if args.ref_only:
         reference_stats(args)
         return
-    base = ["data.split=train", f"training.seed={args.seed}"]
+    base = ["data.split=train", f"training.seed={args.seed}", *device_overrides(args)]
     if args.mnist_dir:
         base.append(f"data.data_dir={args.mnist_dir}")
     plan = None
@@ -815,8 +847,11 @@ def mnist_part(args) -> None:
         plan = read_json(out / "plan.json")
         log(f"training {', '.join(r.name for r in wanted)}: budget {steps} steps")
         pairs = {"n": args.pairs or 60000, "seed": args.seed, "solver": args.pairs_solver,
-                 "threads": args.eval_threads, "batch": 500}
+                 "threads": args.eval_threads, "batch": 500, "device": pairs_device(args)}
         runs = train_runs("mnist", base, out, wanted, args.jobs, args.train_threads, "mnist", steps, pairs)
+        if args.train_only:
+            log(f"trained {', '.join(runs[r.name]['run_dir'] for r in wanted)}; --train-only: no rows")
+            return
     model = inception(args)
     ref = reference_stats(args, model)
     grid_dir = Path(args.grid_dir)
@@ -857,6 +892,7 @@ def mnist_markdown(res: dict) -> str:
         f"Hardware: {res['hardware']}; training {res['jobs']} run(s) at a time, {res['train_threads']} "
         f"thread(s) each; Inception on {res['eval_threads']} thread(s); load average at start "
         f"{res['load_start']}. Total wall time of this command {fmt_s(res['wall_s'])}.",
+        *trained_elsewhere(res["trainings"]),
         "",
         f"Every method: preset `mnist` trained on the 60,000 training images only (`data.split=train`), "
         f"network {p['network']}, batch {p['batch']}, Adam lr {p['lr']}, "
@@ -932,10 +968,29 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=None,
                    help="reflow pairs per source run (default: the training set size)")
     p.add_argument("--pairs-solver", default="rk45", help="ODE solver of `meanflow reflow-pairs`")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where training and reflow pairs run (default auto: CUDA when available); every "
+                        "run trains in float32 (training.precision=fp32) whatever the device, so that "
+                        "rows from a GPU and from a CPU follow the same protocol")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the runs (and their pairs) and stop: no Inception, no rows. Copy the "
+                        "--out folder to another machine and run the same command there without it to "
+                        "evaluate (finished runs are reused)")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the markdown section(s) of --part from the cached results.json")
     g.add_argument("--grid-dir", default=str(REPO / "docs" / "quality"), help="where the sample grids go")
     return p.parse_args(argv)
+
+
+def device_overrides(args) -> list[str]:
+    """Config overrides of every training run: the device, and float32 on any device."""
+    return [f"training.device={args.device}", "training.precision=fp32"]
+
+
+def pairs_device(args) -> str:
+    if args.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return args.device
 
 
 def render(args) -> None:
