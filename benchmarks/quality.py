@@ -463,6 +463,13 @@ class CountCalls(torch.nn.Module):
         self.calls += 1
         return self.net(*args, **kwargs)
 
+    def __getattr__(self, name: str):
+        # What the samplers read off a network (meanflow_shape, augment_dim, ...) comes from the wrapped one.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.net, name)
+
 
 def adaptive(r: Run) -> bool:
     """Whether the run's sampler picks its own steps (the NFE is then the measured figure)."""
