@@ -18,13 +18,20 @@ For a small DiT on 32x32x4 latents and a small U-Net on 32x32x3 images, at a fix
     activation memory the method adds, independent of the allocator;
 * 1-step MeanFlow sampling throughput against a bare ``net(z, t, h)`` forward (interleaved);
 * with ``--compile``: the same step ratios with the loss under ``torch.compile`` (slow to build on
-  CPU: minutes).
+  CPU: minutes);
+* with ``--sweep``: a DiT (width 192, depth 4, 3 heads of 64, patch 2) at a range of token counts
+  and batches, each MeanFlow attention-tangent path against flow matching on the same net: the
+  explicit ``N x N`` tangent, the tiled walk over keys, the fused Triton kernel (CUDA), the loss
+  under ``torch.compile`` (ratio to compiled flow matching) and the official code's route
+  (``torch.func.jvp`` through the network). Time interleaved in one process per configuration;
+  peak memory per eager mode in a fresh process.
 
 Usage::
 
     python benchmarks/step_cost.py                      # CPU defaults: batch 16, 1 thread
     python benchmarks/step_cost.py --device cuda --batch 64 --iters 30
     python benchmarks/step_cost.py --profile            # where the MF step's extra time goes
+    python benchmarks/step_cost.py --sweep --tokens 64,256,1024 --batches 4 --iters 5
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import torch
 from torch import nn
 
 from meanflow.methods import FlowMatching, MeanFlow
-from meanflow.networks import build_network
+from meanflow.networks import attention_tangent, build_network
 
 NETS = {
     # DiT-S-like width, shallower, patch 2 on 32x32x4: 256 tokens (the paper's latent size).
@@ -225,7 +232,123 @@ def profile(net_key: str, batch: int, device: str) -> None:
 
 def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
+    if args.worker[0].startswith("sweep-"):
+        tokens = int(args.worker[0].split("-")[1])
+        print(json.dumps(sweep_memory(tokens, args.worker[1], args.batch, args.mem_iters, args.device)))
+        return
     print(json.dumps(worker_memory(args.worker[0], args.worker[1], args.batch, args.mem_iters, args.device)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# --sweep: the attention tangent paths of MeanFlow across token counts and batches
+
+SWEEP_DIT = dict(in_channels=4, patch_size=2, hidden_size=192, depth=4, num_heads=3, num_classes=0)
+SWEEP_MODES = ("fm", "mf-explicit", "mf-tiled", "mf-fused", "fm-compiled", "mf-compiled", "mf-naive")
+"""``mf-<impl>``: MeanFlow through the tangent mode with that attention tangent; ``mf-compiled``: the
+``auto`` choice (fused on CUDA, tiled above 256 keys on CPU) under torch.compile; ``mf-naive``: the
+official code's torch.func.jvp through the network (tangent mode hidden)."""
+
+
+def sweep_net(tokens: int, device: str) -> tuple[nn.Module, tuple[int, ...]]:
+    side = round(tokens ** 0.5)
+    if side * side != tokens:
+        raise SystemExit(f"--tokens must be squares (a square grid of patches), got {tokens}")
+    torch.manual_seed(0)
+    net = build_network("dit", input_size=2 * side, **SWEEP_DIT).to(device)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net, (4, 2 * side, 2 * side)
+
+
+def sweep_step(mode: str, net: nn.Module, x: torch.Tensor):
+    """One training step closure of a sweep mode (its own Adam), or None where it cannot run here."""
+    compiled = mode.endswith("compiled")
+    base = "fm" if mode.startswith("fm") else ("mf-naive" if mode == "mf-naive" else "mf")
+    impl = mode.split("-")[1] if base == "mf" and not compiled else "auto"
+    if impl == "fused":
+        from meanflow.networks.attention_triton import available
+
+        if not available(torch.empty(1, 1, 1, 64, device=x.device)):
+            return None
+    step = make_step(base, net, x, compiled)[0]
+
+    def run():
+        with attention_tangent.use_impl(impl):
+            step()
+
+    return run
+
+
+def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str) -> dict:
+    """Fresh process: peak memory of ``iters`` steps of one sweep mode above the post-setup baseline."""
+    net, shape = sweep_net(tokens, device)
+    x = torch.randn(batch, *shape, device=device)
+    run = sweep_step(mode, net, x)
+    run()
+    gc.collect()
+    sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(iters):
+            run()
+        sync(device)
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    for _ in range(iters):
+        run()
+    return {"peak_bytes": (_status_kib("VmHWM") - base) * 1024}
+
+
+def sweep(args) -> None:
+    tokens = [int(s) for s in args.tokens.split(",")]
+    batches = [int(s) for s in args.batches.split(",")]
+    modes = [m for m in args.modes.split(",")] if args.modes else list(SWEEP_MODES)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    print(f"sweep: DiT {SWEEP_DIT}; torch {torch.__version__}, device {args.device}, threads "
+          f"{args.threads}, {args.iters} timed steps per mode (median, interleaved), peak memory over "
+          f"{args.mem_iters} steps in a fresh process (eager modes)")
+    hdr = (f"{'tokens':>6s} {'batch':>5s} {'mode':12s} {'step ms':>9s} {'x FM':>5s} {'peak MiB':>9s} "
+           f"{'x FM':>5s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for n in tokens:
+        for b in batches:
+            net, shape = sweep_net(n, args.device)
+            x = torch.randn(b, *shape, device=args.device)
+            steps = {}
+            for m in modes:
+                try:
+                    run = sweep_step(m, copy.deepcopy(net), x)
+                    if run is not None:
+                        run()
+                        run()  # warm-up (and compilation)
+                        steps[m] = run
+                except Exception as exc:  # report, do not hide: compile support is platform-dependent
+                    msg = str(exc).splitlines()[0][:150] if str(exc) else ""
+                    print(f"{n:6d} {b:5d} {m:12s} FAILED {type(exc).__name__}: {msg}")
+            t = interleaved_medians(steps, args.iters, args.device)
+            mem = {}
+            for m in steps:
+                if m.endswith("compiled"):
+                    continue
+                cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
+                       "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
+                       str(args.threads)]
+                res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if res.returncode == 0:
+                    mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+            for m in steps:
+                ref = "fm-compiled" if m.endswith("compiled") else "fm"
+                ratio = t[m] / t[ref] if ref in t else float("nan")
+                peak = mem.get(m)
+                mtxt = f"{peak / 2**20:9.1f} {peak / mem['fm']:5.2f}" if peak and mem.get("fm") else (
+                    f"{'-':>9s} {'-':>5s}")
+                print(f"{n:6d} {b:5d} {m:12s} {t[m] * 1e3:9.1f} {ratio:5.2f} {mtxt}", flush=True)
+            print(flush=True)
 
 
 def memory_in_subprocess(net_key: str, mode: str, args) -> dict:
@@ -246,10 +369,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time the loss under torch.compile")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table for FM and MF")
+    p.add_argument("--sweep", action="store_true", help="DiT token-count x batch sweep of the tangent paths")
+    p.add_argument("--tokens", default="64,256,1024", help="--sweep: token counts (squares)")
+    p.add_argument("--batches", default="4", help="--sweep: batch sizes")
+    p.add_argument("--modes", default=None, help=f"--sweep: subset of {','.join(SWEEP_MODES)}")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return run_worker(args)
+    if args.sweep:
+        torch.set_num_threads(args.threads)
+        return sweep(args)
     torch.set_num_threads(args.threads)
     mib = 2.0**20
     print(f"torch {torch.__version__}, device {args.device}, batch {args.batch}, threads {args.threads}, "

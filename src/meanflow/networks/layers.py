@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
+from meanflow.networks.attention_tangent import attention_tangent
+
 Pair = tuple[Tensor, "Tensor | None"]
 
 
@@ -79,28 +81,54 @@ def conv2d(m: nn.Conv2d, x: Tensor, dx: Tensor | None = None) -> Pair:
     return y, dy
 
 
-def downsample(x: Tensor, dx: Tensor | None = None) -> Pair:
-    """2x2 box-filter down-sampling (EDM's resample filter ``[1, 1]``); linear, so ``dy = D dx``.
+def resample_kernel(taps, channels: int, like: Tensor) -> Tensor:
+    """EDM's separable resampling kernel ``f f^T / (sum f)^2`` for each of ``channels`` channels:
+    ``[C, 1, K, K]`` with ``like``'s dtype and device (``taps``: the 1-D filter, e.g. ``[1, 3, 3, 1]``)."""
+    f = torch.as_tensor(taps, dtype=torch.float32, device=like.device)
+    f = torch.outer(f, f) / f.sum().square()
+    return f.to(like.dtype)[None, None].expand(channels, 1, *f.shape)
 
+
+def _down(u: Tensor, taps) -> Tensor:
+    if tuple(taps) == (1, 1):
+        return F.avg_pool2d(u, 2)  # the same map, a faster kernel
+    k = resample_kernel(taps, u.shape[1], u)
+    return F.conv2d(u, k, stride=2, padding=(k.shape[-1] - 1) // 2, groups=u.shape[1])
+
+
+def _up(u: Tensor, taps) -> Tensor:
+    if tuple(taps) == (1, 1):
+        return F.interpolate(u, scale_factor=2.0, mode="nearest")
+    k = resample_kernel(taps, u.shape[1], u) * 4
+    return F.conv_transpose2d(u, k, stride=2, padding=(k.shape[-1] - 1) // 2, groups=u.shape[1])
+
+
+def downsample(x: Tensor, dx: Tensor | None = None, taps=(1, 1)) -> Pair:
+    """2x down-sampling with EDM's resample filter ``taps`` (``[1, 1]``: 2x2 box, ``[1, 3, 3, 1]``:
+    the smoother filter of the official MeanFlow U-Net); linear, so ``dy = D dx``.
+
+    ``y = conv2d(x, f f^T / (sum f)^2, stride 2, padding (K - 1) // 2)`` per channel.
     Shapes: ``[B, C, H, W] -> [B, C, H/2, W/2]``.
     """
-    y = F.avg_pool2d(x, 2)
+    y = _down(x, taps)
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, F.avg_pool2d(dx, 2)
+        return y, _down(dx, taps)
 
 
-def upsample(x: Tensor, dx: Tensor | None = None) -> Pair:
-    """Nearest-neighbour 2x up-sampling (EDM's transposed ``[1, 1]`` filter); linear.
+def upsample(x: Tensor, dx: Tensor | None = None, taps=(1, 1)) -> Pair:
+    """2x up-sampling with EDM's transposed resample filter ``taps`` (``[1, 1]``: nearest
+    neighbour); linear.
 
+    ``y = conv_transpose2d(x, 4 f f^T / (sum f)^2, stride 2, padding (K - 1) // 2)`` per channel.
     Shapes: ``[B, C, H, W] -> [B, C, 2H, 2W]``.
     """
-    y = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    y = _up(x, taps)
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, F.interpolate(dx, scale_factor=2.0, mode="nearest")
+        return y, _up(dx, taps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,11 +334,14 @@ def attention(
 
     The primal uses the fused ``F.scaled_dot_product_attention``, except under forward-mode AD
     (``torch.func.jvp``, ``forward_ad``), where fused kernels have no derivative rule and the
-    explicit formula is used instead. The tangent recomputes ``P`` under ``no_grad`` and applies
-    the softmax derivative, reusing the primal output ``O``::
+    explicit formula is used instead. The tangent (under ``no_grad``, reusing the primal output
+    ``O``) is `attention_tangent.attention_tangent`::
 
         dS = (dq k^T + q dk^T) / sqrt(d)
         dO = (P . dS) V - rowsum(P . dS) O + P dV
+
+    computed without the ``[B, H, N, M]`` matrices for many tokens (a tiled walk over the keys with
+    online-softmax statistics, or a fused Triton kernel on CUDA).
 
     Args:
         q, k, v: ``[B, H, N, d]`` (``k``/``v`` may have a different token count ``M``).
@@ -326,11 +357,4 @@ def attention(
         o = F.scaled_dot_product_attention(q, k, v)
     if dq is None:
         return o, None
-    with torch.no_grad():
-        kt = k.transpose(-2, -1)
-        p = torch.softmax((q @ kt) * scale, dim=-1)
-        pds = dq @ kt
-        pds = pds.add_(q @ dk.transpose(-2, -1)).mul_(p).mul_(scale)
-        do = pds @ v
-        do = do.sub_(pds.sum(-1, keepdim=True) * o).add_(p @ dv)
-    return o, do
+    return o, attention_tangent(q, k, v, o.detach(), dq, dk, dv)
