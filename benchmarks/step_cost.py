@@ -234,7 +234,8 @@ def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
     if args.worker[0].startswith("sweep-"):
         tokens = int(args.worker[0].split("-")[1])
-        print(json.dumps(sweep_memory(tokens, args.worker[1], args.batch, args.mem_iters, args.device)))
+        print(json.dumps(sweep_memory(tokens, args.worker[1], args.batch, args.mem_iters, args.device,
+                                      args.bf16)))
         return
     print(json.dumps(worker_memory(args.worker[0], args.worker[1], args.batch, args.mem_iters, args.device)))
 
@@ -261,7 +262,7 @@ def sweep_net(tokens: int, device: str) -> tuple[nn.Module, tuple[int, ...]]:
     return net, (4, 2 * side, 2 * side)
 
 
-def sweep_step(mode: str, net: nn.Module, x: torch.Tensor):
+def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False):
     """One training step closure of a sweep mode (its own Adam), or None where it cannot run here."""
     compiled = mode.endswith("compiled")
     base = "fm" if mode.startswith("fm") else ("mf-naive" if mode == "mf-naive" else "mf")
@@ -274,17 +275,17 @@ def sweep_step(mode: str, net: nn.Module, x: torch.Tensor):
     step = make_step(base, net, x, compiled)[0]
 
     def run():
-        with attention_tangent.use_impl(impl):
+        with attention_tangent.use_impl(impl), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
             step()
 
     return run
 
 
-def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str) -> dict:
+def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str, bf16: bool) -> dict:
     """Fresh process: peak memory of ``iters`` steps of one sweep mode above the post-setup baseline."""
     net, shape = sweep_net(tokens, device)
     x = torch.randn(batch, *shape, device=device)
-    run = sweep_step(mode, net, x)
+    run = sweep_step(mode, net, x, bf16)
     run()
     gc.collect()
     sync(device)
@@ -308,7 +309,9 @@ def sweep(args) -> None:
     batches = [int(s) for s in args.batches.split(",")]
     modes = [m for m in args.modes.split(",")] if args.modes else list(SWEEP_MODES)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    print(f"sweep: DiT {SWEEP_DIT}; torch {torch.__version__}, device {args.device}, threads "
+    prec = 'bf16 autocast' if args.bf16 else 'float32'
+    print(f"sweep: DiT {SWEEP_DIT}; {prec}; torch {torch.__version__}, "
+          f"device {args.device}, threads "
           f"{args.threads}, {args.iters} timed steps per mode (median, interleaved), peak memory over "
           f"{args.mem_iters} steps in a fresh process (eager modes)")
     hdr = (f"{'tokens':>6s} {'batch':>5s} {'mode':12s} {'step ms':>9s} {'x FM':>5s} {'peak MiB':>9s} "
@@ -322,13 +325,14 @@ def sweep(args) -> None:
             steps = {}
             for m in modes:
                 try:
-                    run = sweep_step(m, copy.deepcopy(net), x)
+                    run = sweep_step(m, copy.deepcopy(net), x, args.bf16)
                     if run is not None:
                         run()
                         run()  # warm-up (and compilation)
                         steps[m] = run
                 except Exception as exc:  # report, do not hide: compile support is platform-dependent
-                    msg = str(exc).splitlines()[0][:150] if str(exc) else ""
+                    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                    msg = " | ".join(lines[-3:])[:400]
                     print(f"{n:6d} {b:5d} {m:12s} FAILED {type(exc).__name__}: {msg}")
             t = interleaved_medians(steps, args.iters, args.device)
             mem = {}
@@ -337,7 +341,7 @@ def sweep(args) -> None:
                     continue
                 cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
                        "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
-                       str(args.threads)]
+                       str(args.threads), *(["--bf16"] if args.bf16 else [])]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode == 0:
                     mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
@@ -372,6 +376,8 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="DiT token-count x batch sweep of the tangent paths")
     p.add_argument("--tokens", default="64,256,1024", help="--sweep: token counts (squares)")
     p.add_argument("--batches", default="4", help="--sweep: batch sizes")
+    p.add_argument("--bf16", action="store_true", help="--sweep: steps under bfloat16 autocast (as training "
+                   "on CUDA runs by default)")
     p.add_argument("--modes", default=None, help=f"--sweep: subset of {','.join(SWEEP_MODES)}")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

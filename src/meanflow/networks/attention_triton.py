@@ -27,12 +27,14 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 HEAD_DIMS = (16, 32, 64, 128)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = (torch.float16, torch.bfloat16)
+"""Half types only: float32 has no tensor-core product without TF32, and with IEEE products the kernel
+is slower than the tiled walk (measured on an H100, see README), so float32 stays on `tiled`."""
 
 
-def available(q: Tensor) -> bool:
-    """Whether `fused_tangent` can run on tensors like ``q [B, H, N, d]``."""
-    return triton is not None and q.is_cuda and q.shape[-1] in HEAD_DIMS and q.dtype in DTYPES
+def available(q: Tensor, dtypes: tuple[torch.dtype, ...] = DTYPES) -> bool:
+    """Whether `fused_tangent` runs on tensors like ``q [B, H, N, d]`` (``dtypes``: those allowed)."""
+    return triton is not None and q.is_cuda and q.shape[-1] in HEAD_DIMS and q.dtype in dtypes
 
 
 if triton is not None:
@@ -87,13 +89,16 @@ if triton is not None:
         tl.store(DO + q_off, do.to(DO.dtype.element_ty), mask=rows[:, None])
 
 
-def fused_tangent(q: Tensor, k: Tensor, v: Tensor, o: Tensor, dq: Tensor, dk: Tensor, dv: Tensor) -> Tensor:
+def fused_tangent(q: Tensor, k: Tensor, v: Tensor, o: Tensor, dq: Tensor, dk: Tensor, dv: Tensor,
+                  block_m: int = 64, block_n: int | None = None, num_warps: int = 4) -> Tensor:
     """``dO [B, H, N, d]`` of softmax attention along ``(dq, dk, dv)`` (see the module docstring).
 
     Args:
-        q, dq, o: ``[B, H, N, d]``; k, dk, v, dv: ``[B, H, M, d]``; one dtype, on CUDA.
+        q, dq, o: ``[B, H, N, d]``; k, dk, v, dv: ``[B, H, M, d]``; on CUDA (float32 runs with IEEE
+            products when called directly; `attention_tangent` sends only half types here).
+        block_m, block_n, num_warps: tile sizes and warps of one program.
     """
-    if not available(q):
+    if not available(q, (*DTYPES, torch.float32)):
         raise RuntimeError("the fused attention tangent needs Triton, CUDA, head size in "
                            f"{HEAD_DIMS} and a float dtype; got {q.device}, d={q.shape[-1]}, {q.dtype}")
     b, h, n, d = q.shape
@@ -105,11 +110,10 @@ def fused_tangent(q: Tensor, k: Tensor, v: Tensor, o: Tensor, dq: Tensor, dk: Te
     q3, dq3, o3 = flat(q, n), flat(dq, n), flat(o, n)
     k3, dk3, v3, dv3 = flat(k, m), flat(dk, m), flat(v, m), flat(dv, m)
     out = torch.empty_like(q3)
-    block_m = 64
-    block_n = 64 if d <= 64 else 32
+    block_n = block_n or (64 if d <= 64 else 32)
     ieee = q.dtype == torch.float32
     grid = (triton.cdiv(n, block_m), b * h)
     _tangent_kernel[grid](q3, k3, v3, o3, dq3, dk3, dv3, out, n, m, d ** -0.5,
                           q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
-                          BLOCK_M=block_m, BLOCK_N=block_n, D=d, IEEE=ieee, num_warps=4)
+                          BLOCK_M=block_m, BLOCK_N=block_n, D=d, IEEE=ieee, num_warps=num_warps)
     return out.reshape(b, h, n, d).to(o.dtype)
