@@ -270,7 +270,8 @@ def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False):
     if impl == "fused":
         from meanflow.networks.attention_triton import available
 
-        if not available(torch.empty(1, 1, 1, 64, device=x.device)):
+        dtype = torch.bfloat16 if bf16 else x.dtype
+        if not available(torch.empty(1, 1, 1, 64, device=x.device, dtype=dtype)):
             return None
     step = make_step(base, net, x, compiled)[0]
 

@@ -87,7 +87,7 @@ def test_dit_tangent_mode_with_tiled_attention():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel runs on CUDA only")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])  # the dtypes `auto` sends to it
 def test_fused_kernel_equals_tiled_on_cuda(dtype):
     from meanflow.networks.attention_triton import available, fused_tangent
 
@@ -97,7 +97,7 @@ def test_fused_kernel_equals_tiled_on_cuda(dtype):
     assert available(args[0])
     do = fused_tangent(*args)
     err = (do.double() - ref).abs().max() / ref.abs().max()
-    assert err < (1e-5 if dtype == torch.float32 else 3e-2), float(err)
+    assert err < 3e-2, float(err)
 
 
 @pytest.mark.slow
