@@ -62,17 +62,34 @@ class SampleNoise:
         return e.to(x.device, x.dtype)
 
 
-def labels_for(start: int, stop: int, num_classes: int, class_label: int | None) -> torch.Tensor | None:
-    """Class ids of samples [start, stop): `class_label`, or i % num_classes; None if unconditional."""
+def labels_for(start: int, stop: int, num_classes: int, class_label=None,
+               seed: int = 0) -> torch.Tensor | None:
+    """Class ids of samples [start, stop) (None if unconditional).
+
+    `class_label`: None -> i % num_classes (balanced); an int -> that class; a list of ids -> ids[i % len];
+    'random' -> uniform random classes, sample i's from (seed, i) alone (blocks of `NOISE_BLOCK`, a stream
+    of their own), like the noise.
+    """
     if num_classes == 0:
         if class_label is not None:
-            raise UserError("this model is unconditional: --class cannot be used")
+            raise UserError("this model is unconditional: --class / --classes cannot be used")
         return None
-    if class_label is not None:
-        if not 0 <= class_label < num_classes:
-            raise UserError(f"class {class_label} is outside [0, {num_classes - 1}]")
-        return torch.full((stop - start,), class_label, dtype=torch.long)
-    return torch.arange(start, stop, dtype=torch.long) % num_classes
+    if class_label is None:
+        return torch.arange(start, stop, dtype=torch.long) % num_classes
+    if isinstance(class_label, str):
+        if class_label != "random":
+            raise UserError(f"classes must be ids or 'random', got {class_label!r}")
+        out = []
+        for b in range(start // NOISE_BLOCK, math.ceil(stop / NOISE_BLOCK)):
+            g = torch.Generator().manual_seed(_block_seed(seed, b, stream=0xC1A55))
+            block = torch.randint(num_classes, (NOISE_BLOCK,), generator=g)
+            out.append(block[max(start - b * NOISE_BLOCK, 0):min(stop - b * NOISE_BLOCK, NOISE_BLOCK)])
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    ids = [int(class_label)] if isinstance(class_label, int) else [int(c) for c in class_label]
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if not ids or bad:
+        raise UserError(f"class {bad[0] if bad else '(none)'} is outside [0, {num_classes - 1}]")
+    return torch.tensor(ids, dtype=torch.long)[torch.arange(start, stop) % len(ids)]
 
 
 def model_info(net: nn.Module) -> tuple[tuple[int, ...], int]:
@@ -106,7 +123,7 @@ def check_sample_options(method, options: dict | None) -> dict:
 
 @torch.no_grad()
 def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, seed: int = 0,
-             batch_size: int = 256, class_label: int | None = None, device: str | torch.device = "cpu",
+             batch_size: int = 256, class_label=None, device: str | torch.device = "cpu",
              shape: tuple[int, ...] | None = None, num_classes: int | None = None,
              sample_options: dict | None = None) -> torch.Tensor:
     """Samples [start, stop) as float32 [stop - start, *shape] on the CPU (images in [-1, 1]).
@@ -115,7 +132,8 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
     in batches of `batch_size`; sample i depends only on (seed, i), for stochastic samplers too. A
     network trained with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation,
     as in EDM. `sample_options` are method-specific keywords of `method.sample` (e.g. iMF's guidance
-    `omega=4.0, interval=(0.3, 0.8)`); one the method does not take is a UserError.
+    `omega=4.0, interval=(0.3, 0.8)`); one the method does not take is a UserError. `class_label`: see
+    `labels_for` (a class, a list of classes, 'random', or None for balanced classes).
     """
     options = check_sample_options(method, sample_options)
     if steps < 1:
@@ -130,7 +148,7 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
     for lo in range(start, stop, batch_size):
         hi = min(lo + batch_size, stop)
         e = noise_for(lo, hi, shape, seed).to(device)
-        y = labels_for(lo, hi, num_classes, class_label)
+        y = labels_for(lo, hi, num_classes, class_label, seed)
         y = None if y is None else y.to(device)
         kw = generation_kwargs(net, hi - lo, device)
         extra = {} if kw is None else {"net_kwargs": kw}
@@ -140,10 +158,12 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
 
 
 def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0, batch_size: int = 256,
-                   class_label: int | None = None, device: str | torch.device = "cpu",
-                   rows: tuple[int, int] | None = None, sample_options: dict | None = None) -> np.ndarray:
+                   class_label=None, device: str | torch.device = "cpu",
+                   rows: tuple[int, int] | None = None, sample_options: dict | None = None,
+                   decode=None) -> np.ndarray:
     """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`; `sample_options`
-    as there).
+    as there). A latent model needs `decode`: latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]
+    (e.g. the VAE of `meanflow.latent.vae.decode_latents`), applied batch by batch.
 
     `rows=(start, stop)` returns only samples [start, stop) of the n (one rank's shard); sample i
     depends only on (seed, i), so the shards of all ranks concatenate to the full set.
@@ -152,8 +172,12 @@ def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0
     shape, _ = model_info(net)
     if len(shape) != 3:
         raise UserError(f"uint8 images need an image model, this one generates shape {shape}")
-    if getattr(net, "meanflow_is_latent", False):
+    if getattr(net, "meanflow_is_latent", False) and decode is None:
         raise UserError("this model generates latents, not images: decode them with the VAE first")
-    x = generate(method, net, start, stop, steps=steps, seed=seed, batch_size=batch_size,
-                 class_label=class_label, device=device, sample_options=sample_options)
-    return to_uint8(x)
+    out = []
+    for lo in range(start, stop, batch_size) if decode is not None else [start]:
+        hi = min(lo + batch_size, stop) if decode is not None else stop
+        x = generate(method, net, lo, hi, steps=steps, seed=seed, batch_size=batch_size,
+                     class_label=class_label, device=device, sample_options=sample_options)
+        out.append(to_uint8(decode(x) if decode is not None else x))
+    return np.concatenate(out) if out else to_uint8(torch.empty(0, *shape))

@@ -10,7 +10,7 @@ from meanflow.networks import NETWORKS, build_network
 
 
 def test_names_from_the_design():
-    expected = {"dit", "unet", "unet-ddpmpp", "mlp"}
+    expected = {"dit", "unet", "unet-ddpmpp", "unet-meanflow", "mlp"}
     expected |= {f"dit-{s}/{p}" for s in ("s", "b", "m", "l", "xl") for p in (2, 4, 8)}
     expected |= {"imf-dit"} | {f"imf-dit-{s}/2" for s in ("b", "m", "l", "xl")}
     assert set(NETWORKS) == expected

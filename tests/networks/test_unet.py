@@ -153,3 +153,61 @@ def test_guidance_inputs_are_checked():
         tiny(guidance_cond="yes")
     with torch.device("meta"):
         assert build_network("unet-ddpmpp", guidance_cond=True).guidance_cond
+
+
+# ---- the options of the official MeanFlow U-Net (Gsunshine/py-meanflow) -------------------------------
+
+OFFICIAL = dict(channel_mult_noise=2, embedding_order="sin-cos", resample_filter=(1, 3, 3, 1))
+
+
+def test_tangent_mode_official_options():
+    """Wider sin/cos time features and the [1, 3, 3, 1] resampling keep the tangent exact (float64)."""
+    net = perturb_(tiny(augment_dim=6, **OFFICIAL).double()).train()
+    z, t, h = _inputs()
+    check_tangent_mode(net, z, t, h, augment_labels=torch.randn(2, 6, dtype=torch.float64))
+
+
+def test_official_options_change_the_network_and_only_where_said():
+    base, wide = tiny(), tiny(channel_mult_noise=2)
+    assert wide.map_layer0.weight.shape == (32, 32) and base.map_layer0.weight.shape == (32, 16)
+    # sin-cos is cos-sin with the halves of each time's features swapped
+    a, b = perturb_(tiny(dropout=0.0)).eval(), tiny(dropout=0.0, embedding_order="sin-cos").eval()
+    b.load_state_dict(a.state_dict())
+    z, t, h = _inputs(dtype=torch.float32)
+    assert not torch.allclose(a(z, t, h), b(z, t, h))
+    w = b.map_layer0.weight.data
+    n = a.noise_channels
+    perm = torch.cat([torch.arange(n // 2, n), torch.arange(n // 2), n + torch.arange(n // 2, n),
+                      n + torch.arange(n // 2)])
+    b.map_layer0.weight.data = w[:, perm]
+    torch.testing.assert_close(a(z, t, h), b(z, t, h))
+
+
+def test_resample_filter_matches_edm_definition():
+    """Down: depthwise conv with f f^T / (sum f)^2, stride 2, pad 1; up: its transpose times 4."""
+    from meanflow.networks import layers as L
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    f = torch.tensor([1.0, 3, 3, 1], dtype=torch.float64)
+    k = (torch.outer(f, f) / f.sum() ** 2).expand(3, 1, 4, 4)
+    torch.testing.assert_close(L.downsample(x, None, (1, 3, 3, 1))[0],
+                               torch.nn.functional.conv2d(x, k, stride=2, padding=1, groups=3))
+    torch.testing.assert_close(L.upsample(x, None, (1, 3, 3, 1))[0],
+                               torch.nn.functional.conv_transpose2d(x, 4 * k, stride=2, padding=1, groups=3))
+    # [1, 1] is the 2x2 box / nearest neighbour of before
+    torch.testing.assert_close(L.downsample(x, None, (1, 1))[0], torch.nn.functional.avg_pool2d(x, 2))
+
+
+def test_meanflow_parameter_count():
+    # The official network's count (measured with its code: 55,932,419 with 6 augmentation labels).
+    with torch.device("meta"):
+        net = build_network("unet-meanflow", augment_dim=6)
+    assert sum(p.numel() for p in net.parameters()) == 55_932_419
+    assert net.resample_filter == (1, 3, 3, 1) and net.embedding_order == "sin-cos"
+
+
+@pytest.mark.parametrize("kw", [dict(channel_mult_noise=0), dict(embedding_order="sin"),
+                                dict(resample_filter=(1, 3, 3)), dict(resample_filter=(0, 0))])
+def test_bad_official_options_raise_user_error(kw):
+    with pytest.raises(UserError):
+        tiny(**kw)

@@ -71,7 +71,7 @@ def test_cifar10_presets_train_a_step(tmp_path, name):
     data = ImageData(x=torch.rand(8, 3, 32, 32, generator=g) * 2 - 1, y=None, num_classes=0, name="cifar10")
     torch.manual_seed(0)
     net = build_net(cfg, (3, 32, 32), 0)
-    assert net.augment_dim == 9
+    assert net.augment_dim == 6  # the official MeanFlow pipe's labels (data.augment = "meanflow")
     parts = loop.Parts(data, net, build_method_from(cfg, 0), (3, 32, 32), 0)
     run = loop.train(cfg, parts=parts, echo=lambda s: None)
     assert Checkpoint(run).step == 1 and (run / "samples.png").is_file()

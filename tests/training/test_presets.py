@@ -3,7 +3,9 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
 
+from meanflow.training.build import build_net
 from meanflow.training.presets import resolve_config
 
 IMAGENET = {  # name: (network, omega, kappa, t_start, t_end, epochs)
@@ -20,7 +22,7 @@ IMAGENET = {  # name: (network, omega, kappa, t_start, t_end, epochs)
 def test_imagenet_presets(name):
     net, omega, kappa, t0, t1, epochs = IMAGENET[name]
     c = resolve_config(name)
-    assert c.data.name == "latents" and c.data.use_labels
+    assert c.data.name == "latent_cache" and c.data.use_labels
     assert c.network.name == net
     assert c.network.kwargs == {"input_size": 32, "in_channels": 4, "num_classes": 1000}
     t, m = c.training, SimpleNamespace(**c.method.kwargs)
@@ -41,9 +43,18 @@ def test_imagenet_presets(name):
 def test_cifar10_presets(name):
     c = resolve_config(name)
     assert c.data.name == "cifar10" and not c.data.use_labels and c.data.augment_p == 0.12
+    assert c.data.augment == "meanflow" and c.data.split == "train"  # the official pipe, 50,000 images
     assert c.network.name == "unet"
+    # The official MeanFlow CIFAR-10 U-Net (Gsunshine/py-meanflow): 256 [sin, cos] time features each
+    # for t and h, resampling filter [1, 3, 3, 1]; with its 6 augmentation labels 55,932,419 parameters,
+    # the count of the official code's network (was 55,798,275 + 9 x 256 before these options).
     assert c.network.kwargs == {"model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4,
-                                "attn_resolutions": [16], "dropout": 0.2}
+                                "attn_resolutions": [16], "dropout": 0.2, "channel_mult_noise": 2,
+                                "embedding_order": "sin-cos", "resample_filter": [1, 3, 3, 1]}
+    with torch.device("meta"):
+        net = build_net(c, (3, 32, 32), 0)
+    assert net.augment_dim == 6
+    assert sum(p.numel() for p in net.parameters()) == 55_932_419
     t, m = c.training, SimpleNamespace(**c.method.kwargs)
     assert c.method.name == "meanflow"
     assert (t.batch_size, t.optimizer, t.lr) == (1024, "adam", 6e-4)
@@ -95,7 +106,7 @@ IMF = {
 def test_imf_presets_key_by_key(name):
     net, omega, t_min, t_max = IMF[name]
     c = resolve_config(name)
-    assert c.data.name == "latents" and c.data.use_labels
+    assert c.data.name == "latent_cache" and c.data.use_labels
     assert c.network.name == net
     assert c.method.name == "imf"
     assert c.method.kwargs == {

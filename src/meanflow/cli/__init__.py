@@ -1,5 +1,5 @@
 """The `meanflow` command line: `train`, `sample`, `presets`, `methods` (and `ref-stats`, `eval`,
-`reflow-pairs`, `likelihood`).
+`reflow-pairs`, `likelihood`, `encode`, `convert`).
 
 Each subcommand lives in its own module with `register(subparsers)`; `main` turns a `UserError`
 (and any argparse complaint) into one line `meanflow: error: <message>` on stderr and exit code 2,
@@ -17,7 +17,8 @@ import sys
 
 from meanflow.errors import UserError
 
-SUBCOMMAND_MODULES = ("train", "sample", "presets", "methods", "evaluate", "reflow_pairs", "likelihood")
+SUBCOMMAND_MODULES = ("train", "sample", "presets", "methods", "evaluate", "reflow_pairs", "likelihood",
+                      "encode", "convert")
 
 
 class _ArgumentError(Exception):

@@ -48,13 +48,17 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="train", help="dataset split (default: train, as in the papers)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--crop", type=int, default=None, metavar="SIZE",
+                   help="with --images FOLDER: ADM centre crop of every image to SIZE (ImageNet-256: 256, "
+                        "the preprocessing of `meanflow encode` and of ADM's reference batch); images may "
+                        "differ in size")
     p.add_argument("--kid-features", type=int, default=10000,
                    help="store up to N reference features (seeded random subset) for KID; 0: none")
     p.add_argument("--out", required=True, help="output .npz")
     _add_common(p)
     p.set_defaults(func=run_ref_stats)
 
-    from meanflow.cli.sample import add_guidance_args
+    from meanflow.cli.sample import add_guidance_args, add_vae_args
 
     p = subparsers.add_parser("eval", help="FID and KID of samples against reference statistics",
                               description="FID/KID of an image set, or of fresh samples from a checkpoint.")
@@ -68,10 +72,14 @@ def register(subparsers) -> None:
                    help="sampling steps (with --checkpoint; default: the method's own, 1 for the one-step "
                         "methods)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, also for KID subsets")
-    p.add_argument("--class-label", type=int, default=None, help="generate one class only")
+    cls = p.add_mutually_exclusive_group()
+    cls.add_argument("--class-label", type=int, default=None, help="generate one class only")
+    cls.add_argument("--classes", default=None, metavar="IDS|random",
+                     help="class ids, comma-separated and cycled, or 'random' (default: balanced classes)")
     p.add_argument("--ema", default=None, help="which EMA weights to sample with (see `meanflow sample`)")
     p.add_argument("--gen-batch-size", type=int, default=256, help="generation batch size")
     add_guidance_args(p)
+    add_vae_args(p)
     p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="matrix square root: sqrtm (pytorch-fid's, default) or eigh (same value, faster)")
     p.add_argument("--kid-subsets", type=int, default=100)
@@ -139,13 +147,17 @@ def _ref_stats(args, main: bool) -> dict:
         raise UserError(f"--max-images must be at least 2, got {args.max_images}")
     if main:
         prepare_output(args.out, f"--out {args.out}", create=False)
+    if args.dataset and args.crop is not None:
+        raise UserError("--crop applies to --images FOLDER, not to --dataset")
     if args.dataset:
         images = dataset_images(args.dataset, split=args.split, data_dir=args.data_dir,
                                 download=args.download)
         source = f"dataset={args.dataset} split={args.split}"
     else:
-        images = load_images(args.images, "--images")
-        source = f"images={args.images}"
+        if args.crop is not None and args.crop < 8:
+            raise UserError(f"--crop must be >= 8, got {args.crop}")
+        images = load_images(args.images, "--images", crop=args.crop)
+        source = f"images={args.images}" + (f" adm-crop={args.crop}" if args.crop else "")
     if args.max_images is not None and args.max_images < len(images):
         n = args.max_images
         images = images[:n] if isinstance(images, np.ndarray) else _Head(images, n)
@@ -195,16 +207,19 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
-    from meanflow.cli.sample import guidance_options
+    from meanflow.cli.sample import class_choice, guidance_options, latent_decode
 
     method, net, cfg = load_generator(str(ckpt), ema=args.ema, device=args.device)
     options = guidance_options(args, method, cfg)
+    args.class_label = class_choice(args)
+    decode = latent_decode(args, net)  # latent runs: samples decoded by the run's VAE
     if args.steps is None:
         args.steps = method.default_steps
     # Each rank draws its own slice of the samples; gathered, they equal a single process's set.
     local = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,
-                           rows=shard_range(args.num_samples, *rank_and_world()), sample_options=options)
+                           rows=shard_range(args.num_samples, *rank_and_world()), sample_options=options,
+                           **({} if decode is None else {"decode": decode}))
     images = gather_rows(local)
     path = _generated_path(args)
     if not main:

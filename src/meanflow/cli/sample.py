@@ -18,18 +18,61 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps (default: the method's own, 1 for the one-step methods; "
                         "see `meanflow methods`)")
-    p.add_argument("--class", dest="class_label", type=int, default=None,
-                   help="generate this class only (class-conditional models)")
+    cls = p.add_mutually_exclusive_group()
+    cls.add_argument("--class", dest="class_label", type=int, default=None,
+                     help="generate this class only (class-conditional models)")
+    cls.add_argument("--classes", default=None, metavar="IDS|random",
+                     help="class ids, comma-separated, cycled over the samples (e.g. 207,360,387), or "
+                          "'random' (seeded by --seed); default: balanced, sample i gets class i %% K")
     p.add_argument("--ema", default=None,
                    help="EMA decay to sample with, e.g. 0.9999, or 'raw' (default: the run's first EMA)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="generation batch size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_guidance_args(p)
+    add_vae_args(p)
+    p.add_argument("--no-decode", action="store_true",
+                   help="latent models: write the raw latents (float32 'samples') instead of decoded images")
     p.add_argument("--out", default=None,
                    help="output path without extension (default: <run>/samples/sample-...); "
                         "writes OUT.png and OUT.npz")
     p.set_defaults(func=run)
+
+
+def add_vae_args(p) -> None:
+    """--vae and --vae-batch-size: how the samples of a latent model become images (`sample` and `eval`)."""
+    p.add_argument("--vae", default=None, metavar="FOLDER_OR_HUB_ID",
+                   help="latent models: the VAE that decodes the samples (default: the one the run's latent "
+                        "cache was encoded with; its fingerprint must match)")
+    p.add_argument("--vae-batch-size", type=int, default=32, help="latents per VAE decode call")
+
+
+def class_choice(args):
+    """`generate`'s class_label of --class / --classes: an int, a list of ids, 'random' or None."""
+    raw = getattr(args, "classes", None)
+    if raw is None:
+        return args.class_label
+    if raw.strip() == "random":
+        return "random"
+    try:
+        ids = [int(c) for c in raw.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--classes must be comma-separated class ids or 'random', got {raw!r}") from None
+    if not ids:
+        raise UserError("--classes is empty")
+    return ids
+
+
+def latent_decode(args, net):
+    """The decoder of a latent model's samples (None for a pixel model or with --no-decode)."""
+    if not getattr(net, "meanflow_is_latent", False) or getattr(args, "no_decode", False):
+        return None
+    if args.vae_batch_size < 1:
+        raise UserError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
+    from meanflow.latent.vae import latent_decoder
+
+    decode, _ = latent_decoder(getattr(net, "meanflow_vae", None), args.vae, args.device, args.vae_batch_size)
+    return decode
 
 
 GUIDANCE_INPUT = "guidance"
@@ -83,6 +126,8 @@ def _out_base(args) -> Path:
     tag = f"sample-n{args.num}-steps{args.steps}-seed{args.seed}"
     if args.class_label is not None:
         tag += f"-class{args.class_label}"
+    if getattr(args, "classes", None) is not None:
+        tag += "-classes" + ("random" if args.classes.strip() == "random" else args.classes.replace(",", "_"))
     if args.ema is not None:
         tag += f"-ema{args.ema}"
     tag += guidance_tag(args)
@@ -121,6 +166,8 @@ def run(args) -> int:
         raise UserError(f"--device {args.device}: CUDA is not available")
     method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
     options = guidance_options(args, method, cfg)
+    chosen = class_choice(args)
+    decode = latent_decode(args, net)  # a missing or mismatched VAE fails before generating
     if args.steps is None:
         args.steps = method.default_steps
     out = _out_base(args)
@@ -129,18 +176,21 @@ def run(args) -> int:
         prepare_output(_file(out, suffix), label, create=False)
     shape, classes = model_info(net)
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                 class_label=args.class_label, device=args.device, sample_options=options)
+                 class_label=chosen, device=args.device, sample_options=options)
     labels = {}
     if classes:
         from meanflow.sampling import labels_for
 
-        labels = {"labels": labels_for(0, args.num, classes, args.class_label).numpy()}
+        labels = {"labels": labels_for(0, args.num, classes, chosen, args.seed).numpy()}
     png = None
-    if len(shape) == 3 and not getattr(net, "meanflow_is_latent", False):
+    if decode is not None:  # latents -> the VAE -> images (the latents are kept beside them)
+        labels["latents"] = x.numpy()
+        x = decode(x)
+    if len(shape) == 3 and (decode is not None or not getattr(net, "meanflow_is_latent", False)):
         images = to_uint8(x)
         arrays = {"images": images, **labels}
-        ncol = classes if classes and args.class_label is None and args.num % classes == 0 else None
-        png = png_image(make_grid(images, ncol=ncol), scale=max(1, round(48 / shape[1])))
+        ncol = classes if classes and chosen is None and args.num % classes == 0 else None
+        png = png_image(make_grid(images, ncol=ncol), scale=max(1, round(48 / images.shape[1])))
         kind = f"uint8 images {list(images.shape)}"
     else:
         arrays = {"samples": x.numpy(), **labels}

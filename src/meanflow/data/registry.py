@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meanflow.data import arrays, cifar, digits, idx, image_folder, pairs, points
+from meanflow.data import arrays, cifar, digits, idx, image_folder, latent_cache, pairs, points
 from meanflow.data.types import ImageData, PointData
 from meanflow.errors import UserError
 
@@ -63,6 +63,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "latents": DatasetSpec(
         lambda split, data_dir, download, **kw: arrays.load_latents(split, data_dir, **kw),
         ("path", "num_classes"), "latent", "pre-encoded latents [N,4,32,32] (+labels), .npz or .safetensors"),
+    "latent_cache": DatasetSpec(
+        lambda split, data_dir, download, **kw: latent_cache.load_latent_cache(split, data_dir, **kw), (),
+        "latent", "VAE posteriors of `meanflow encode` (data_dir: the cache), a fresh latent per draw",
+        splits=("train",)),
     "pairs": DatasetSpec(
         lambda split, data_dir, download, **kw: pairs.load_pairs(split, data_dir, **kw), ("path",), "pairs",
         "coupled (noise, sample) pairs of a trained flow from `meanflow reflow-pairs` (data_dir: its folder)",

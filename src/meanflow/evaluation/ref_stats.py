@@ -72,10 +72,15 @@ def as_uint8_nhwc(arr: np.ndarray, what: str = "images") -> np.ndarray:
 
 
 class ImageFolder:
-    """Images under a folder (recursive, sorted), decoded lazily as uint8 RGB [b, H, W, 3] per slice."""
+    """Images under a folder (recursive, sorted), decoded lazily as uint8 RGB [b, H, W, 3] per slice.
 
-    def __init__(self, root: str | os.PathLike):
+    With `crop`, each image is first ADM-centre-cropped to crop x crop (`data.adm_crop`: the
+    preprocessing of the ImageNet latents and of ADM's reference batch), so images of any size mix.
+    """
+
+    def __init__(self, root: str | os.PathLike, crop: int | None = None):
         self.root = Path(root)
+        self.crop = crop
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.files:
             raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}")
@@ -86,8 +91,12 @@ class ImageFolder:
 
         try:
             with Image.open(self.files[i]) as im:
+                if self.crop is not None:
+                    from meanflow.data.adm_crop import adm_center_crop
+
+                    return adm_center_crop(im, self.crop)
                 return np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise UserError(f"cannot read image {self.files[i]}: {exc}") from exc
 
     def __len__(self) -> int:
@@ -130,11 +139,14 @@ def load_npz_images(path: str | os.PathLike, what: str = "image file") -> np.nda
         return as_uint8_nhwc(data[key], f"{what} {path} (array {key!r})")
 
 
-def load_images(path: str | os.PathLike, what: str = "image source"):
-    """An image source from a folder of image files, or an ``.npz`` / ``.npy`` array of images."""
+def load_images(path: str | os.PathLike, what: str = "image source", crop: int | None = None):
+    """An image source from a folder of image files (ADM-centre-cropped to `crop` when given), or an
+    ``.npz`` / ``.npy`` array of images."""
     path = Path(path)
     if path.is_dir():
-        return ImageFolder(path)
+        return ImageFolder(path, crop=crop)
+    if crop is not None:
+        raise UserError(f"{what} {path}: --crop applies to a folder of image files only")
     return load_npz_images(path, what)
 
 

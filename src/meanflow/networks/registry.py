@@ -1,10 +1,10 @@
 """Network registry: names -> factories, used by configs and the CLI.
 
 Names (see docs/design.md): ``"dit"`` (all options as kwargs), the sizes ``"dit-{s,b,m,l,xl}/{2,4,8}"``
-(kwargs ``input_size=32, in_channels=4, num_classes=1000``), ``"unet"``, ``"unet-ddpmpp"`` (the
-paper's CIFAR-10 U-Net), ``"mlp"``, and the improved-MeanFlow DiT ``"imf-dit"`` (all options as kwargs)
-with its sizes ``"imf-dit-{b,m,l,xl}/2"`` (kwargs ``input_size=32, in_channels=4, num_classes=1000,
-guidance_cond=False``).
+(kwargs ``input_size=32, in_channels=4, num_classes=1000``), ``"unet"``, ``"unet-ddpmpp"`` (EDM's
+DDPM++ sizes), ``"unet-meanflow"`` (the official MeanFlow CIFAR-10 U-Net), ``"mlp"``, and the
+improved-MeanFlow DiT ``"imf-dit"`` (all options as kwargs) with its sizes ``"imf-dit-{b,m,l,xl}/2"``
+(kwargs ``input_size=32, in_channels=4, num_classes=1000, guidance_cond=False``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from meanflow.errors import UserError
 from meanflow.networks.dit import DIT_SIZES, DiT, dit_factory
 from meanflow.networks.imf_dit import IMF_DIT_SIZES, IMFDiT, imf_dit_factory
 from meanflow.networks.mlp import MLP
-from meanflow.networks.unet import SongUNet, unet_ddpmpp
+from meanflow.networks.unet import SongUNet, unet_ddpmpp, unet_meanflow
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "dit": DiT,
     **{f"dit-{s}/{p}": dit_factory(s, p) for s in DIT_SIZES for p in (2, 4, 8)},
     "unet": SongUNet,
     "unet-ddpmpp": unet_ddpmpp,
+    "unet-meanflow": unet_meanflow,
     "mlp": MLP,
     "imf-dit": IMFDiT,
     **{f"imf-dit-{s}/2": imf_dit_factory(s, 2) for s in IMF_DIT_SIZES},

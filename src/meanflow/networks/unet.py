@@ -2,12 +2,19 @@
 
 MeanFlow's CIFAR-10 network: 128 channels, multipliers ``[2, 2, 2]``, 4 residual blocks per
 level, self-attention at 16x16, dropout 0.2, about 55M parameters. As in the official MeanFlow
-PyTorch port, ``t`` and ``h`` each get their own sinusoidal features of the raw value; the two
-are concatenated (plus optional class and augmentation-label embeddings) and mapped by a
-2-layer MLP to the embedding ``emb``::
+PyTorch port, ``t`` and ``h`` each get their own sinusoidal features of the raw value
+(``n = model_channels * channel_mult_noise`` features each); the two are concatenated (plus optional
+class and augmentation-label embeddings) and mapped by a 2-layer MLP to the embedding ``emb``::
 
     emb = silu(W_1 silu(W_0 ([pos(t), pos(h)] + E_y(y) + W_aug a [+ E_g(g)])))
+    pos(t) = [cos(w_i t), sin(w_i t)]    (embedding_order="cos-sin", EDM's order)
+    pos(t) = [sin(w_i t), cos(w_i t)]    (embedding_order="sin-cos", the official MeanFlow order)
     E_g(g) = E_w(1 - 1/w) + E_a(t_min) + E_b(t_max)     # guidance_cond=True only
+
+The official MeanFlow CIFAR-10 network (Gsunshine/py-meanflow) is this class with
+``channel_mult_noise=2, embedding_order="sin-cos", resample_filter=(1, 3, 3, 1), augment_dim=6``
+(55,932,419 parameters); see :func:`unet_meanflow`. Its up/down-sampling uses EDM's separable FIR
+filter ``f f^T / (sum f)^2`` with ``f = [1, 3, 3, 1]`` instead of the 2x2 box / nearest neighbour.
 
 The optional guidance term (``guidance_cond=True``, for improved MeanFlow) embeds the keyword input
 ``guidance = [w, t_min, t_max]`` (``[B, 3]``: guidance scale ``w >= 1`` and interval) exactly as the
@@ -38,6 +45,9 @@ from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
 from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, sinusoidal
 
+EMBEDDING_ORDERS = ("cos-sin", "sin-cos")
+"""Orders of the sinusoidal time features: EDM's ``[cos, sin]`` and the official MeanFlow ``[sin, cos]``."""
+
 
 def _xavier(m: nn.Linear | nn.Conv2d, gain: float = 1.0) -> nn.Module:
     # EDM: xavier_uniform weights times init_weight, zero bias.
@@ -56,17 +66,20 @@ class UNetBlock(nn.Module):
     Args:
         in_channels, out_channels: channel counts.
         emb_channels: width of ``emb``.
-        up, down: 2x nearest up-sampling / 2x box down-sampling before ``conv0`` and the skip.
+        up, down: 2x up-/down-sampling with ``resample_filter`` before ``conv0`` and the skip.
         attention: add a single-head self-attention layer after the residual.
         dropout: dropout probability before ``conv1``.
         adaptive_scale: scale/shift conditioning instead of an additive bias.
         takes_skip: the decoder concatenates an encoder skip to the input of this block.
+        resample_filter: EDM's 1-D resampling filter (``(1, 1)``: box / nearest).
     """
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
                  down: bool = False, attention: bool = False, dropout: float = 0.0,
-                 adaptive_scale: bool = False, takes_skip: bool = False, eps: float = 1e-6):
+                 adaptive_scale: bool = False, takes_skip: bool = False, eps: float = 1e-6,
+                 resample_filter: Sequence[int] = (1, 1)):
         super().__init__()
+        self.resample_filter = tuple(resample_filter)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.up, self.down = up, down
@@ -90,9 +103,9 @@ class UNetBlock(nn.Module):
 
     def _resample(self, x: Tensor, dx: Tensor | None) -> L.Pair:
         if self.up:
-            return L.upsample(x, dx)
+            return L.upsample(x, dx, self.resample_filter)
         if self.down:
-            return L.downsample(x, dx)
+            return L.downsample(x, dx, self.resample_filter)
         return x, dx
 
     def forward(self, x: Tensor, dx: Tensor | None, emb: Tensor, demb: Tensor | None) -> L.Pair:
@@ -165,6 +178,12 @@ class SongUNet(TangentNet):
         guidance_cond: also condition on ``guidance = [w, t_min, t_max]`` ``[B, 3]`` (a required
             keyword input then; see the module docstring). False builds exactly the network of before
             (same parameters, order and initial values).
+        channel_mult_noise: sinusoidal features per time input = ``model_channels *
+            channel_mult_noise`` (EDM's option; the official MeanFlow net uses 2).
+        embedding_order: ``"cos-sin"`` (EDM) or ``"sin-cos"`` (official MeanFlow) feature order.
+        resample_filter: EDM's 1-D resampling filter of the up/down blocks: ``(1, 1)`` (DDPM++, box /
+            nearest) or e.g. ``(1, 3, 3, 1)`` (official MeanFlow). The defaults of these three build
+            exactly the network of before.
     """
 
     def __init__(
@@ -182,6 +201,9 @@ class SongUNet(TangentNet):
         adaptive_scale: bool = False,
         out_channels: int | None = None,
         guidance_cond: bool = False,
+        channel_mult_noise: int = 1,
+        embedding_order: str = "cos-sin",
+        resample_filter: Sequence[int] = (1, 1),
     ):
         super().__init__()
         levels = len(channel_mult)
@@ -198,15 +220,27 @@ class SongUNet(TangentNet):
             raise UserError("unet num_classes and augment_dim must be >= 0")
         if not isinstance(guidance_cond, bool):
             raise UserError(f"unet guidance_cond must be true or false, got {guidance_cond!r}")
+        if not isinstance(channel_mult_noise, int) or channel_mult_noise < 1:
+            raise UserError(f"unet channel_mult_noise must be an integer >= 1, got {channel_mult_noise!r}")
+        if embedding_order not in EMBEDDING_ORDERS:
+            raise UserError(f"unet embedding_order must be one of {', '.join(EMBEDDING_ORDERS)}, "
+                            f"got {embedding_order!r}")
+        taps = tuple(resample_filter)
+        if len(taps) < 2 or len(taps) % 2 or any(not isinstance(v, (int, float)) or v < 0 for v in taps) \
+                or sum(taps) <= 0:
+            raise UserError(f"unet resample_filter must be an even number (>= 2) of non-negative taps, "
+                            f"e.g. [1, 1] or [1, 3, 3, 1], got {list(resample_filter)!r}")
         self.img_resolution = img_resolution
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.num_classes = num_classes
         self.augment_dim = augment_dim
         self.guidance_cond = guidance_cond
-        self.noise_channels = model_channels
+        self.noise_channels = model_channels * channel_mult_noise
+        self.embedding_order = embedding_order
+        self.resample_filter = taps
         emb_channels = model_channels * channel_mult_emb
-        feat = 2 * model_channels  # [pos(t), pos(h)]
+        feat = 2 * self.noise_channels  # [pos(t), pos(h)]
 
         self.map_label = LabelEmbedder(num_classes, feat) if num_classes > 0 else None
         self.map_augment = (
@@ -219,7 +253,8 @@ class SongUNet(TangentNet):
         self.map_layer0 = _xavier(nn.Linear(feat, emb_channels))
         self.map_layer1 = _xavier(nn.Linear(emb_channels, emb_channels))
 
-        kw = dict(emb_channels=emb_channels, dropout=dropout, adaptive_scale=adaptive_scale)
+        kw = dict(emb_channels=emb_channels, dropout=dropout, adaptive_scale=adaptive_scale,
+                  resample_filter=taps)
         self.enc = nn.ModuleDict()
         cout = in_channels
         for level, mult in enumerate(channel_mult):
@@ -257,8 +292,8 @@ class SongUNet(TangentNet):
         """``emb [B, E]`` and its tangent (None in plain mode) from ``t, h [B]``, ``y [B]`` or None,
         ``augment_labels [B, augment_dim]`` or None and ``guidance [B, 3]`` or None."""
         n = self.noise_channels
-        et, det = sinusoidal(t, dt, n, endpoint=True)
-        eh, deh = sinusoidal(h, dh, n, endpoint=True)
+        et, det = self._time_features(t, dt, n)
+        eh, deh = self._time_features(h, dh, n)
         e = torch.cat([et, eh], dim=1)
         de = None if det is None else torch.cat([det, deh], dim=1)
         if self.map_label is not None:
@@ -275,6 +310,14 @@ class SongUNet(TangentNet):
             e = e + eg  # no tangent: de unchanged
         e, de = L.silu(*L.linear(self.map_layer0, e, de))
         return L.silu(*L.linear(self.map_layer1, e, de))
+
+    def _time_features(self, t: Tensor, dt: Tensor | None, n: int) -> L.Pair:
+        """``pos(t)`` ``[B, n]`` (EDM's endpoint frequencies) in the configured order, with tangent."""
+        e, de = sinusoidal(t, dt, n, endpoint=True)
+        if self.embedding_order == "sin-cos":  # halves swapped, as in the official MeanFlow U-Net
+            e = torch.cat(e.chunk(2, dim=1)[::-1], dim=1)
+            de = None if de is None else torch.cat(de.chunk(2, dim=1)[::-1], dim=1)
+        return e, de
 
     def _guidance_embedding(self, guidance: Tensor | None, b: int, like: Tensor) -> Tensor | None:
         """``E_w(1 - 1/w) + E_a(t_min) + E_b(t_max)`` ``[B, 2 model_channels]`` from ``guidance =
@@ -319,10 +362,30 @@ class SongUNet(TangentNet):
         return L.conv2d(self.out_conv, x, dx)
 
 
+MEANFLOW_CIFAR10 = dict(model_channels=128, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16],
+                       dropout=0.2, channel_mult_noise=2, embedding_order="sin-cos",
+                       resample_filter=[1, 3, 3, 1])
+"""SongUNet options of the official MeanFlow CIFAR-10 network (Gsunshine/py-meanflow's ``unet``
+config; with ``augment_dim=6`` when trained with its augmentation, as released): 55,932,419 parameters
+with augmentation labels, 55,929,347 without."""
+
+
 def unet_ddpmpp(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
                 num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False) -> SongUNet:
-    """The MeanFlow CIFAR-10 U-Net: DDPM++ with 128 channels, ``[2, 2, 2]``, 4 blocks, attention
-    at 16x16, dropout 0.2 (about 55.7M parameters); ``guidance_cond`` as in :class:`SongUNet`."""
+    """EDM's DDPM++ sizes: 128 channels, ``[2, 2, 2]``, 4 blocks, attention at 16x16, dropout 0.2,
+    128 time features each for ``t`` and ``h``, ``[1, 1]`` resampling (55,798,275 parameters).
+    Kept as it was so that runs saved with it still load; the official MeanFlow network, which
+    differs in its time features and resampling filter, is :func:`unet_meanflow`."""
     return SongUNet(img_resolution=img_resolution, in_channels=in_channels, model_channels=128,
                     channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=dropout,
                     num_classes=num_classes, augment_dim=augment_dim, guidance_cond=guidance_cond)
+
+
+def unet_meanflow(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
+                  num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False) -> SongUNet:
+    """The official MeanFlow CIFAR-10 U-Net (:data:`MEANFLOW_CIFAR10`): DDPM++ sizes with 256
+    ``[sin, cos]`` time features each for ``t`` and ``h`` and the ``[1, 3, 3, 1]`` resampling filter;
+    the released checkpoint has ``augment_dim=6``. ``guidance_cond`` as in :class:`SongUNet`."""
+    kw = {**MEANFLOW_CIFAR10, "dropout": dropout}
+    return SongUNet(img_resolution=img_resolution, in_channels=in_channels, num_classes=num_classes,
+                    augment_dim=augment_dim, guidance_cond=guidance_cond, **kw)

@@ -66,12 +66,13 @@ def num_classes(cfg: Config, data) -> int:
 
 
 def build_augment(cfg: Config):
-    """EDM's augmentation pipe at `data.augment_p` (see meanflow.data.augment), or None when off."""
+    """The augmentation pipe `data.augment` at `data.augment_p` (see meanflow.training.augment_pipes),
+    or None when off."""
     if cfg.data.augment_p == 0:
         return None
-    from meanflow.data.augment import AugmentPipe
+    from meanflow.training.augment_pipes import build_augment_pipe
 
-    return AugmentPipe(p=cfg.data.augment_p)
+    return build_augment_pipe(cfg.data.augment, cfg.data.augment_p)
 
 
 NET_INPUT_OPTIONS: dict[str, str] = {"guidance": "guidance_cond"}
@@ -112,7 +113,8 @@ def _net_input_options(cfg: Config, params, kw: dict, method) -> dict[str, bool]
 def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int, method=None) -> dict:
     """`cfg.network.kwargs` completed from the data and the method: size, channels, dimension and
     class count are filled in where the factory takes them and the config does not say; with
-    `data.augment_p > 0` the network gets `augment_dim = 9` (the augmentation labels are extra
+    `data.augment_p > 0` the network gets `augment_dim` = the label length of the pipe `data.augment`
+    (9 for 'edm', 6 for 'meanflow'; the augmentation labels are extra
     conditioning); each keyword input the method declares in `net_inputs` turns on the network option
     of `NET_INPUT_OPTIONS` (e.g. class-conditional `imf` -> `guidance_cond=True`). `method` is the
     built method (default: built from `cfg` with `classes`)."""
@@ -130,15 +132,16 @@ def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int, method=Non
     if len(shape) == 3:
         auto.update(in_channels=shape[0], input_size=shape[1], img_resolution=shape[1])
     if cfg.data.augment_p > 0:
-        from meanflow.data.augment import AUGMENT_DIM
+        from meanflow.training.augment_pipes import AUGMENT_LABEL_DIMS
 
+        dim = AUGMENT_LABEL_DIMS[cfg.data.augment]
         if "augment_dim" not in params:
             raise UserError(f"data.augment_p > 0 needs a network that takes augmentation labels "
-                            f"(unet, unet-ddpmpp); {cfg.network.name!r} does not")
-        if int(kw.get("augment_dim", AUGMENT_DIM)) != AUGMENT_DIM:
-            raise UserError(f"data.augment_p > 0 gives {AUGMENT_DIM} augmentation labels, but "
-                            f"network.kwargs.augment_dim={kw['augment_dim']}")
-        auto["augment_dim"] = AUGMENT_DIM
+                            f"(unet, unet-ddpmpp, unet-meanflow); {cfg.network.name!r} does not")
+        if int(kw.get("augment_dim", dim)) != dim:
+            raise UserError(f"data.augment_p > 0 gives {dim} augmentation labels (data.augment="
+                            f"{cfg.data.augment}), but network.kwargs.augment_dim={kw['augment_dim']}")
+        auto["augment_dim"] = dim
     for k, v in auto.items():
         if k in params and k not in kw:
             kw[k] = v

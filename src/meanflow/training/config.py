@@ -43,7 +43,8 @@ def _check(cond: bool, msg: str) -> None:
 @dataclass
 class DataConfig:
     name: str = "digits"
-    """Dataset: 'digits', 'mnist', 'fashion-mnist', 'cifar10', 'latents', a 2-D toy distribution
+    """Dataset: 'digits', 'mnist', 'fashion-mnist', 'cifar10', 'latents', 'latent_cache' (the VAE posteriors
+    of `meanflow encode`, data_dir = the cache; the ImageNet presets), a 2-D toy distribution
     ('checkerboard', '8gaussians', 'moons', 'spirals'), or 'pairs' (the coupled (noise, sample) pairs
     of `meanflow reflow-pairs`, for the reflow and distill methods; data_dir is their folder)."""
     data_dir: str | None = None
@@ -61,6 +62,9 @@ class DataConfig:
     """Size of the training set drawn once from a 2-D toy distribution (toy datasets only)."""
     augment_p: float = 0.0
     """EDM augmentation probability (paper CIFAR-10: 0.12); recorded for presets, 0 = off."""
+    augment: str = "edm"
+    """Augmentation pipe at `augment_p`: 'edm' (EDM's CIFAR-10 pipe, 9 labels) or 'meanflow' (the
+    official MeanFlow pipe: no y-flip, no rotation, 6 labels); see meanflow.training.augment_pipes."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and self.name != "", "data.name must be a non-empty string")
@@ -68,6 +72,8 @@ class DataConfig:
                f"data.split must be 'train', 'test' or 'all', got {self.split!r}")
         _check(self.num_points > 0, f"data.num_points must be > 0, got {self.num_points}")
         _check(0.0 <= self.augment_p <= 1.0, f"data.augment_p must be in [0, 1], got {self.augment_p}")
+        _check(self.augment in ("edm", "meanflow"),
+               f"data.augment must be 'edm' or 'meanflow', got {self.augment!r}")
 
     @property
     def is_toy(self) -> bool:
@@ -234,6 +240,10 @@ class TrainingConfig:
     h = 0). Ignored when resuming: the checkpoint's weights win."""
     init_ema: float | str | None = None
     """Which weights of `init_from`: None (its first EMA), a decay such as 0.9999, or 'raw'."""
+    parallel: str = "ddp"
+    """Under torchrun: 'ddp' (every rank holds the whole model, gradients all-reduced) or 'fsdp' (FSDP2
+    `fully_shard`: parameters, gradients, Adam and EMA state sharded over the ranks; each DiT block is
+    a unit, then the root). Checkpoints hold full tensors either way and load under both."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"training.batch_size must be > 0, got {self.batch_size}")
@@ -267,6 +277,8 @@ class TrainingConfig:
         _check(self.on_nonfinite in ("stop", "skip"), f"training.on_nonfinite must be 'stop' or 'skip', "
                f"got {self.on_nonfinite!r}")
         _check(self.max_nonfinite_skips >= 0, "training.max_nonfinite_skips must be >= 0")
+        _check(self.parallel in ("ddp", "fsdp"),
+               f"training.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
 
     def total_steps(self, dataset_size: int) -> int:
         """Optimizer steps of the whole run: `steps`, or ceil(epochs * N / batch_size)."""
@@ -349,7 +361,8 @@ class Config:
             return 0
         if self.data.name in CLASS_COUNTS:
             return CLASS_COUNTS[self.data.name]
-        count = self.network.kwargs.get("num_classes", 1000 if self.data.name == "latents" else 1)
+        count = self.network.kwargs.get("num_classes",
+                                        1000 if self.data.name in ("latents", "latent_cache") else 1)
         _check(isinstance(count, int) and not isinstance(count, bool),
                f"network.kwargs.num_classes must be an integer, got {count!r}")
         return count

@@ -1,5 +1,8 @@
 """Exponential moving averages of the weights, several decays at once.
 
+Under FSDP the shadows are shards laid out like the weights (1/N of the memory per rank); the loop
+gathers them for checkpoints and sample grids (`training.fsdp`).
+
 `shadow_d <- d * shadow_d + (1 - d) * param` after every optimizer step, in float32 for every
 floating-point parameter; buffers (e.g. running statistics) are copied as they are.
 """
@@ -8,6 +11,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP DTensor, else `t`."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class EMA:
@@ -45,12 +53,14 @@ class EMA:
                 d = min(d, (1.0 + self.num_updates) / (10.0 + self.num_updates))
             weight = 1.0 - d if keep is None else (1.0 - d) * keep
             for k, v in state.items():
+                # FSDP (training.fsdp): shadow and weight are shards of one layout; update the local part.
+                sh, v = _local(shadow[k]), _local(v)
                 if k in params and v.is_floating_point():
-                    shadow[k].lerp_(v.detach().float(), weight)
+                    sh.lerp_(v.detach().float(), weight)
                 elif keep is None:
-                    shadow[k].copy_(v)
+                    sh.copy_(v)
                 else:
-                    shadow[k].copy_(torch.where(keep > 0, v.to(shadow[k].dtype), shadow[k]))
+                    sh.copy_(torch.where(keep > 0, v.to(sh.dtype), sh))
 
     def state(self, decay: float) -> dict[str, torch.Tensor]:
         """Shadow state_dict of one decay (float32 floating-point tensors)."""

@@ -52,7 +52,7 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
 
     Returns:
         (method, net, cfg): the method object, the network in eval mode (with `meanflow_shape`,
-        `meanflow_num_classes` and `meanflow_is_latent` attributes), and the run's `Config`.
+        `meanflow_num_classes`, `meanflow_is_latent` and `meanflow_vae` attributes), and the run's `Config`.
     """
     from meanflow.training.build import build_method_from, build_net
     from meanflow.training.checkpoint import Checkpoint
@@ -77,4 +77,5 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     net.meanflow_shape = shape
     net.meanflow_num_classes = classes
     net.meanflow_is_latent = bool(ckpt.state.get("is_latent", False))
+    net.meanflow_vae = ckpt.state.get("vae")  # the VAE record of a latent-cache run (None otherwise)
     return method, net, cfg

@@ -27,7 +27,7 @@ from torch import nn
 
 from meanflow.errors import UserError
 from meanflow.methods.base import CONTEXT_KEYS, Method, Progress
-from meanflow.training import distributed
+from meanflow.training import distributed, fsdp
 from meanflow.training.build import (
     build_augment,
     build_data,
@@ -58,7 +58,8 @@ from meanflow.utils.files import atomic_files
 RESUMABLE_CHANGES = ("training.steps", "training.epochs", "training.checkpoint_every",
                      "training.keep_last", "training.device", "training.num_threads",
                      "training.replica_check_every", "training.on_nonfinite",
-                     "training.max_nonfinite_skips", "logging", "data.data_dir", "data.download", "preset")
+                     "training.max_nonfinite_skips", "training.parallel", "logging", "data.data_dir",
+                     "data.download", "preset")
 # Read the non-finite guard's flags back after every step (None: on the CPU, where it is free; not on
 # a GPU, where the loop checks at its own sync points). Tests set False to run the GPU schedule on a CPU.
 CHECK_EACH_STEP: bool | None = None
@@ -294,6 +295,7 @@ def apply_update(net: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: fl
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
     else:
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+    gnorm = fsdp.full(gnorm)  # FSDP: the norm of the whole gradient, the same on every rank
     skip = guard.observe(step + 1, loss, gnorm)
     optimizer_step(optimizer, skip)
     optimizer.zero_grad(set_to_none=True)
@@ -371,22 +373,33 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     net = parts.net.to(device)
     if tc.init_from and ckpt is None:
         _init_weights(cfg, net)
+    needs = _method_needs(parts.method)
+    sharded = tc.parallel == "fsdp" and info.enabled
+    if sharded and needs & {"target", "teacher"}:
+        raise UserError(f"training.parallel=fsdp does not support method {cfg.method.name!r} (it needs a "
+                        "target or teacher network): use training.parallel=ddp")
+    vae = getattr(parts.data, "vae", None)
+    if ckpt is not None:
+        ckpt.load_into(net)  # full weights, before FSDP cuts them into shards
+        _check_vae(ckpt, vae)
+    sample_net = copy.deepcopy(net).eval().requires_grad_(False)
+    if sharded:  # the full copy for sample grids waits in host memory (FSDP: device memory is for shards)
+        sample_net.cpu()
+        fsdp.shard_model(net, device)
     optimizer = build_optimizer(net, tc)
     ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
-    needs = _method_needs(parts.method)
     target = TargetNetwork(net) if "target" in needs else None
     teacher = _load_teacher(cfg, parts, device) if "teacher" in needs else None
     start = 0
     if ckpt is not None:
-        ckpt.load_into(net)
         if target is not None:
             ckpt.load_into(target.net, "target/")
         for d in tc.ema_decays:
-            ema.load(d, ckpt.tensors_like(f"ema/{float(d)!r}/", ema.state(d)))
+            ema.load(d, fsdp.shard_like(ckpt.tensors_like(f"ema/{float(d)!r}/", ema.state(d)), ema.state(d)))
         opt_state = ckpt.optimizer()
         if opt_state is not None:
             fused = [g.get("fused") for g in optimizer.param_groups]
-            optimizer.load_state_dict(opt_state)
+            fsdp.load_optimizer_state(optimizer, opt_state)
             for g, f in zip(optimizer.param_groups, fused):  # this build's kernel, not the writer's
                 g["fused"] = f
         loader.load_state_dict(ckpt.state["sampler"])
@@ -418,9 +431,9 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         echo(f"checkpoint is at the last step ({total}): writing the final outputs only (raise "
              "training.steps to train longer)")
 
-    ddp_net = distributed.wrap(net, info, device)
+    # The method gets the DDP wrapper, or under FSDP the sharded module itself (SPEC §4.1).
+    ddp_net = net if sharded else distributed.wrap(net, info, device)
     use_bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
-    sample_net = copy.deepcopy(net).eval().requires_grad_(False)
 
     guard = NonFiniteGuard(tc.on_nonfinite, tc.max_nonfinite_skips, device, distributed=info.enabled)
     # The CPU reads the guard's flags back every step (free); a GPU only where the loop syncs anyway.
@@ -429,14 +442,20 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
 
     def checkpoint(step: int) -> None:
         guard.check(last_ckpt[0])  # never write a state past a non-finite step
+        # Full tensors (gathered from every rank under FSDP: all ranks take part).
+        keep = info.is_main  # the other ranks take part in the gathers, keep nothing
+        model_sd, opt_sd = fsdp.model_state(net, keep), fsdp.optimizer_state(optimizer, keep)
+        ema_sd = {d: fsdp.full_state(sd, keep) for d, sd in ema.shadows.items()}
         if not info.is_main:
             return
         state = {"step": step, "sampler": loader.state_dict(), "seed": tc.seed, "world_size": world,
                  "data_shape": list(parts.shape), "num_classes": parts.classes, "is_latent": is_latent,
-                 "total_steps": total}
+                 "total_steps": total, "parallel": "fsdp" if sharded else "ddp"}
+        if vae is not None:
+            state["vae"] = vae.to_dict()
         path = checkpoint_path(run_dir, step)
         try:
-            save_checkpoint(path, model=net.state_dict(), ema=ema.shadows, optimizer=optimizer.state_dict(),
+            save_checkpoint(path, model=model_sd, ema=ema_sd, optimizer=opt_sd,
                             config=config_to_dict(cfg), state=state,
                             target=None if target is None else target.state_dict())
         except OSError as e:
@@ -449,17 +468,22 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         """A grid of `logging.sample_count` samples from the first EMA (sharded over ranks)."""
         guard.check(last_ckpt[0])
         if tc.ema_decays:
-            ema.copy_to(sample_net, tc.ema_decays[0])
+            shadow = fsdp.full_state(ema.state(tc.ema_decays[0]))
+            ref = sample_net.state_dict()
+            sample_net.load_state_dict({k: shadow[k].to(ref[k].device, ref[k].dtype) for k in ref})
         else:
-            sample_net.load_state_dict(net.state_dict())
+            sample_net.load_state_dict(fsdp.model_state(net))
         n = lc.sample_count
         per = math.ceil(n / world)
         from meanflow.sampling import generate
 
+        sample_net.to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             x = generate(parts.method, sample_net, info.rank * per, (info.rank + 1) * per,
                          steps=lc.sample_steps or parts.method.default_steps, seed=tc.seed,
                          batch_size=max(per, 1), device=device, shape=parts.shape, num_classes=parts.classes)
+        if sharded:
+            sample_net.cpu()
         x = distributed.all_gather_cat(x.to(device)).cpu()[:n]
         if not info.is_main:
             return
@@ -562,7 +586,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
                     bar.set_postfix({shown: f"{rec.get(shown, float('nan')):.4g}"}, refresh=False)
             if bar is not None:
                 bar.update(1)
-            if info.enabled and step % tc.replica_check_every == 0:
+            if info.enabled and not sharded and step % tc.replica_check_every == 0:
                 distributed.check_replicas(net)
             if step % lc.sample_every == 0 and step < total:
                 samples(step)
@@ -590,6 +614,15 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         curve = f"; loss curve: {run_dir / 'loss.png'}" if plotted else ""
         echo(f"done: {total} steps. Samples: {run_dir / 'samples.png'}{curve}")
     return run_dir
+
+
+def _check_vae(ckpt: Checkpoint, vae) -> None:
+    """UserError when resuming on latents of another VAE than the checkpoint was trained on."""
+    old = ckpt.state.get("vae")
+    if old is not None and vae is not None and old.get("fingerprint") != vae.fingerprint:
+        raise UserError(f"checkpoint {ckpt.path} was trained on latents of VAE {old.get('name')!r} "
+                        f"(fingerprint {old.get('fingerprint')}), this cache is from VAE {vae.name!r} "
+                        f"({vae.fingerprint})")
 
 
 def _toy_report(cfg: Config, parts: Parts, sample_net: nn.Module, info, run_dir, logger, step, echo) -> None:

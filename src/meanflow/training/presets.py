@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from meanflow.errors import UserError
+from meanflow.networks.unet import MEANFLOW_CIFAR10
 from meanflow.training.config import Config
 from meanflow.training.config_io import apply_overrides, config_from_dict, config_to_dict, load_yaml, merge
 
@@ -26,14 +27,15 @@ class Preset:
 
 # ---- paper: CIFAR-10, unconditional, pixel space, EDM DDPM++ U-Net (SPEC §1) ---------------------
 # Official PyTorch code: 128 per GPU x 8 GPUs = 1024, 16,000 epochs = 781,250 iterations (~800k),
-# warmup 200 epochs, dropout 0.2, EDM augmentation p = 0.12.
+# warmup 200 epochs, dropout 0.2, the 50,000 training images, its augmentation pipe at p = 0.12
+# (EDM's without y-flip and rotation: 6 labels).
 _CIFAR10 = {
-    "data": {"name": "cifar10", "use_labels": False, "augment_p": 0.12},
-    # "unet" with the DDPM++ sizes spelled out (what the factory "unet-ddpmpp" builds), so that
-    # `--set network.kwargs...` can change them; "unet-ddpmpp" takes no size arguments.
-    "network": {"name": "unet", "kwargs": {
-        "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16],
-        "dropout": 0.2}},
+    "data": {"name": "cifar10", "split": "train", "use_labels": False, "augment_p": 0.12,
+             "augment": "meanflow"},
+    # "unet" with the official network's options spelled out (what the factory "unet-meanflow"
+    # builds: 256 [sin, cos] features each for t and h, resampling filter [1, 3, 3, 1]; 55,932,419
+    # parameters with the 6 augmentation labels), so that `--set network.kwargs...` can change them.
+    "network": {"name": "unet", "kwargs": dict(MEANFLOW_CIFAR10)},
     "method": {"name": "meanflow", "kwargs": {
         "ratio": 0.75, "time_dist": "logit_normal", "t_mean": -2.0, "t_std": 2.0, "r_mean": -2.0,
         "r_std": 2.0, "time_pairing": "sort", "norm_p": 0.75, "norm_eps": 1e-3, "omega": 1.0, "kappa": 0.0,
@@ -80,9 +82,11 @@ _CIFAR10_CD = _cifar10_cm({"name": "cd", "kwargs": {"num_scales": 18, "mu": 0.0,
                                                      "sigma_data": 0.5, "metric": "l2"}}, lr=4e-4)
 
 # ---- paper: ImageNet 256, SD-VAE latents 32x32x4, class-conditional DiT (SPEC §1) ----------------
+# Trained on a latent cache: a fresh draw z = 0.18215 (mean + std e) of each stored posterior per step.
 def _imagenet(net: str, omega: float, kappa: float, t_start: float, t_end: float, epochs: int) -> dict:
     return {
-        "data": {"name": "latents", "use_labels": True, "augment_p": 0.0},
+        # data.data_dir: the cache of `meanflow encode IMAGENET/train CACHE --flips` (SD-VAE ft-mse)
+        "data": {"name": "latent_cache", "use_labels": True, "augment_p": 0.0},
         "network": {"name": net, "kwargs": {"input_size": 32, "in_channels": 4, "num_classes": 1000}},
         "method": {"name": "meanflow", "kwargs": {
             "ratio": 0.25, "time_dist": "logit_normal", "t_mean": -0.4, "t_std": 1.0, "r_mean": -0.4,
