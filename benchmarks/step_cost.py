@@ -146,12 +146,10 @@ def _status_kib(field: str) -> int:
         return int(next(line for line in f if line.startswith(field + ":")).split()[1])
 
 
-def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) -> dict:
-    """Runs in a fresh process: memory of ``iters`` steps of one mode above the post-setup baseline."""
-    net = build(net_key, device)
-    x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
-    step, method, target = make_step(mode, net, x)
-    step()  # warm-up: lazy initialisations (DDP-free here, but kernels, caches) happen before the baseline
+def peak_bytes(step, iters: int, device: str) -> int:
+    """Peak memory of ``iters`` calls of ``step`` above the level after one warm-up call (lazy
+    initialisations, kernels and caches happen before the baseline)."""
+    step()
     gc.collect()
     sync(device)
     if device == "cuda":
@@ -160,16 +158,23 @@ def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) 
         for _ in range(iters):
             step()
         sync(device)
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        # Reset the kernel's high-water mark (VmHWM) to the current RSS, then read it back after
-        # the steps (Linux >= 4.0). Freed tensors go back to the OS thanks to MALLOC_MMAP_THRESHOLD_.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _status_kib("VmRSS")
-        for _ in range(iters):
-            step()
-        peak = (_status_kib("VmHWM") - base) * 1024
+        return torch.cuda.max_memory_allocated() - base
+    # Reset the kernel's high-water mark (VmHWM) to the current RSS, then read it back after the steps
+    # (Linux >= 4.0). Freed tensors go back to the OS thanks to MALLOC_MMAP_THRESHOLD_.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    for _ in range(iters):
+        step()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def worker_memory(net_key: str, mode: str, batch: int, iters: int, device: str) -> dict:
+    """Runs in a fresh process: memory of ``iters`` steps of one mode above the post-setup baseline."""
+    net = build(net_key, device)
+    x = torch.randn(batch, *NETS[net_key]["shape"], device=device)
+    step, method, target = make_step(mode, net, x)
+    peak = peak_bytes(step, iters, device)
     saved = saved_tensor_bytes(method, target, net, x)
     return {"peak_bytes": peak, "saved_bytes": saved}
 
@@ -287,22 +292,7 @@ def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str, bf
     net, shape = sweep_net(tokens, device)
     x = torch.randn(batch, *shape, device=device)
     run = sweep_step(mode, net, x, bf16)
-    run()
-    gc.collect()
-    sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        for _ in range(iters):
-            run()
-        sync(device)
-        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
-    for _ in range(iters):
-        run()
-    return {"peak_bytes": (_status_kib("VmHWM") - base) * 1024}
+    return {"peak_bytes": peak_bytes(run, iters, device)}
 
 
 def sweep(args) -> None:

@@ -1,11 +1,11 @@
 """Worker run in 2 spawned gloo processes by test_distributed.py (a module, so spawn can import it)."""
 
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
+from spawn_testkit import join_group
 
 
 def make_problem(seed: int = 0, n: int = 8):
@@ -30,10 +30,7 @@ def grads_of(net):
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_group(rank, world, port)
     from meanflow.training import distributed
     from meanflow.training.distributed import DistInfo, ReplicaDriftError
 

@@ -1,12 +1,12 @@
 """Worker run in 2 spawned gloo processes by test_fsdp.py: FSDP2 vs DDP on a small class-conditional
 DiT (gradients of one MeanFlow step with guidance; whole training runs; a cross-format resume)."""
 
-import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
+from spawn_testkit import join_group
 
 N = 8
 
@@ -41,10 +41,7 @@ def dit_overrides(out: Path, name: str, parallel: str, steps: int = 3) -> list[s
 
 
 def worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_group(rank, world, port)
     from meanflow.training import distributed, fsdp
     from meanflow.training.distributed import DistInfo
     from meanflow.training.loop import train

@@ -3,26 +3,17 @@ gradients of one process on the whole batch, for the MeanFlow loss (JVP included
 method is given the DDP wrapper. Through `.module` (SPEC 4.1) they do not, and the run-time replica
 check notices the drift."""
 
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from dist_worker import grads_of, make_problem, worker
 from safetensors.torch import load_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from spawn_testkit import spawn
 
 
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return out
+    return spawn(worker, tmp_path_factory.mktemp("ddp"))
 
 
 def test_ddp_meanflow_gradients_equal_single_process(spawned):

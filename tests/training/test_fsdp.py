@@ -3,28 +3,19 @@ gradients equal the DDP path, whole runs match DDP's, and checkpoints cross betw
 single process in both directions (they always hold full tensors)."""
 
 import ast
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from fsdp_worker import dit_overrides, worker
 from safetensors.torch import load_file
+from spawn_testkit import spawn
 
 from meanflow.training.checkpoint import Checkpoint, list_checkpoints
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return out
+    return spawn(worker, tmp_path_factory.mktemp("fsdp"))
 
 
 def test_fsdp_gradients_equal_ddp(spawned):
