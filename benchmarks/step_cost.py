@@ -251,7 +251,7 @@ def run_worker(args) -> None:
 SWEEP_DIT = dict(in_channels=4, patch_size=2, hidden_size=192, depth=4, num_heads=3, num_classes=0)
 SWEEP_MODES = ("fm", "mf-explicit", "mf-tiled", "mf-fused", "fm-compiled", "mf-compiled", "mf-naive")
 """``mf-<impl>``: MeanFlow through the tangent mode with that attention tangent; ``mf-compiled``: the
-``auto`` choice (fused on CUDA, tiled above 256 keys on CPU) under torch.compile; ``mf-naive``: the
+``auto`` choice (fused on CUDA, tiled above 128 keys on CPU) under torch.compile; ``mf-naive``: the
 official code's torch.func.jvp through the network (tangent mode hidden)."""
 
 
