@@ -61,17 +61,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, dx: Tensor | None) -> L.Pair:
         """``(x, dx) -> (y, dy)``, shapes ``[B, N, D]``."""
-        b, n, d = x.shape
         qkv, dqkv = L.linear(self.qkv, x, dx)
         q, k, v = self._heads(qkv)
         dq = dk = dv = None
         if dqkv is not None:
             dq, dk, dv = self._heads(dqkv)
-        o, do = L.attention(q, k, v, dq, dk, dv)
-        o = o.transpose(1, 2).reshape(b, n, d)
-        if do is not None:
-            do = do.transpose(1, 2).reshape(b, n, d)
-        return L.linear(self.proj, o, do)
+        return L.linear(self.proj, *L.merge_heads(*L.attention(q, k, v, dq, dk, dv)))
 
 
 class DiTBlock(nn.Module):

@@ -89,7 +89,6 @@ class RoPEAttention(nn.Module):
 
     def forward(self, x: Tensor, dx: Tensor | None, cos: Tensor, sin: Tensor) -> L.Pair:
         """Tokens ``x [B, N, D]`` (tangent ``dx``), rotation tables ``[N, d/2]`` -> ``(y, dy)``."""
-        b, n, d = x.shape
         qkv, dqkv = L.linear(self.qkv, x, dx)
         q, k, v = self._heads(qkv)
         dq = dk = dv = None
@@ -101,11 +100,7 @@ class RoPEAttention(nn.Module):
         if dq is not None:
             with torch.no_grad():
                 dq, dk = rotate(dq, cos, sin), rotate(dk, cos, sin)
-        o, do = L.attention(q, k, v, dq, dk, dv)
-        o = o.transpose(1, 2).reshape(b, n, d)
-        if do is not None:
-            do = do.transpose(1, 2).reshape(b, n, d)
-        return L.linear(self.proj, o, do)
+        return L.linear(self.proj, *L.merge_heads(*L.attention(q, k, v, dq, dk, dv)))
 
 
 class SwiGLU(nn.Module):

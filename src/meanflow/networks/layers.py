@@ -326,6 +326,16 @@ def dropout(x: Tensor, dx: Tensor | None, p: float, training: bool) -> Pair:
 # Attention.
 
 
+def merge_heads(x: Tensor, dx: Tensor | None = None) -> Pair:
+    """Heads back into channels: ``[B, H, N, d] -> [B, N, H d]`` (a reshape: the tangent the same)."""
+    b, h, n, d = x.shape
+
+    def merge(t: Tensor) -> Tensor:
+        return t.transpose(1, 2).reshape(b, n, h * d)
+
+    return merge(x), None if dx is None else merge(dx)
+
+
 def attention(
     q: Tensor, k: Tensor, v: Tensor,
     dq: Tensor | None = None, dk: Tensor | None = None, dv: Tensor | None = None,

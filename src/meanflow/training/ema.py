@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from meanflow.training import fsdp
+
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP DTensor, else `t`."""
@@ -67,10 +69,12 @@ class EMA:
         return self.shadows[float(decay)]
 
     def copy_to(self, net: nn.Module, decay: float) -> None:
-        """Load the shadow weights of `decay` into `net` (cast to each tensor's dtype)."""
+        """Load the shadow weights of `decay` into the full (unsharded) `net`, cast to each tensor's
+        device and dtype. Under FSDP the shadow shards are gathered first (collective: every rank calls
+        it)."""
         shadow = self.shadows[float(decay)]
         ref = net.state_dict()
-        net.load_state_dict({k: shadow[k].to(ref[k].dtype) for k in ref})
+        net.load_state_dict({k: fsdp.full(shadow[k]).to(ref[k].device, ref[k].dtype) for k in ref})
 
     def load(self, decay: float, tensors: dict[str, torch.Tensor]) -> None:
         shadow = self.shadows[float(decay)]

@@ -468,9 +468,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
         """A grid of `logging.sample_count` samples from the first EMA (sharded over ranks)."""
         guard.check(last_ckpt[0])
         if tc.ema_decays:
-            shadow = fsdp.full_state(ema.state(tc.ema_decays[0]))
-            ref = sample_net.state_dict()
-            sample_net.load_state_dict({k: shadow[k].to(ref[k].device, ref[k].dtype) for k in ref})
+            ema.copy_to(sample_net, tc.ema_decays[0])
         else:
             sample_net.load_state_dict(fsdp.model_state(net))
         n = lc.sample_count
