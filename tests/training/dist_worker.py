@@ -29,8 +29,8 @@ def grads_of(net):
     return {n: p.grad.detach().clone() for n, p in net.named_parameters()}
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    join_group(rank, world, port)
+def worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    join_group(rank, world, rendezvous)
     from meanflow.training import distributed
     from meanflow.training.distributed import DistInfo, ReplicaDriftError
 

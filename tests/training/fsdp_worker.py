@@ -40,8 +40,8 @@ def dit_overrides(out: Path, name: str, parallel: str, steps: int = 3) -> list[s
             "training.grad_clip=1.0", "training.warmup_steps=0", "training.optimizer=adamw"]
 
 
-def worker(rank: int, world: int, port: int, out: str) -> None:
-    join_group(rank, world, port)
+def worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    join_group(rank, world, rendezvous)
     from meanflow.training import distributed, fsdp
     from meanflow.training.distributed import DistInfo
     from meanflow.training.loop import train

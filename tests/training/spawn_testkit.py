@@ -1,9 +1,13 @@
-"""Two-process gloo runs for the distributed tests: spawn workers, join them into one group."""
+"""Two-process gloo runs for the distributed tests: spawn workers, join them into one group.
+
+The processes meet through a file in the test's own folder (a `FileStore`), not a TCP port: a port
+picked as free can be taken by another process before the group binds it, which fails a run at
+random on a busy machine.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -11,21 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(worker, out: Path, world: int = 2) -> Path:
-    """Run ``worker(rank, world, port, str(out))`` in ``world`` spawned processes; returns ``out``."""
-    mp.spawn(worker, args=(world, free_port(), str(out)), nprocs=world, join=True)
+    """Run ``worker(rank, world, rendezvous, str(out))`` in ``world`` spawned processes; returns ``out``."""
+    rendezvous = out / ".rendezvous"
+    rendezvous.unlink(missing_ok=True)
+    mp.spawn(worker, args=(world, str(rendezvous), str(out)), nprocs=world, join=True)
     return out
 
 
-def join_group(rank: int, world: int, port: int) -> None:
-    """In a spawned worker: torchrun's environment, one torch thread, the gloo process group."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def join_group(rank: int, world: int, rendezvous: str) -> None:
+    """In a spawned worker: torchrun's rank variables, one torch thread, the gloo process group."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
