@@ -24,7 +24,18 @@ For a small DiT on 32x32x4 latents and a small U-Net on 32x32x3 images, at a fix
   explicit ``N x N`` tangent, the tiled walk over keys, the fused Triton kernel (CUDA), the loss
   under ``torch.compile`` (ratio to compiled flow matching) and the official code's route
   (``torch.func.jvp`` through the network). Time interleaved in one process per configuration;
-  peak memory per eager mode in a fresh process.
+  peak memory per eager mode in a fresh process. The MeanFlow steps use ``MeanFlow(ratio=--ratio)``
+  (default 1.0: every row has ``r != t``; the table gives ``round(ratio * batch)``, the rows whose
+  tangent is computed). Beside each time ratio, the *FLOP floor*: FLOPs of one MeanFlow loss forward
+  + backward over those of one flow-matching loss forward + backward on the same net and batch,
+  counted by ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions) with
+  attention under the math SDPA backend (the CPU fused kernel and its backward count 0 FLOPs) and
+  the ``explicit`` attention tangent (the same products as ``tiled`` and ``fused``). It is the
+  tangent mode's arithmetic: ``mf-naive`` does more (``torch.func.jvp`` differentiates every row and
+  adds products of its own). It bounds the time ratio only where the step is matmul-bound: the Adam
+  update and elementwise work are left out of the count, and where they weigh (few tokens, small
+  batches, ``torch.compile`` trimming MeanFlow's elementwise overhead) a measured ratio can fall
+  below it. ``--flops-only`` prints just the FLOP counts and floors (no timing: seconds).
 
 Usage::
 
@@ -32,6 +43,8 @@ Usage::
     python benchmarks/step_cost.py --device cuda --batch 64 --iters 30
     python benchmarks/step_cost.py --profile            # where the MF step's extra time goes
     python benchmarks/step_cost.py --sweep --tokens 64,256,1024 --batches 4 --iters 5
+    python benchmarks/step_cost.py --sweep --tokens 256 --batches 8 --ratio 0.25 --modes fm,mf-tiled
+    python benchmarks/step_cost.py --sweep --flops-only --tokens 64,256,1024 --batches 8 --ratio 0.25
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ import time
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from meanflow.methods import FlowMatching, MeanFlow
 from meanflow.networks import attention_tangent, build_network
@@ -90,9 +105,13 @@ def build(net_key: str, device: str) -> nn.Module:
     return net
 
 
-def make_step(mode: str, net: nn.Module, x: torch.Tensor, compiled: bool = False):
-    """One training step closure ``() -> None`` for a mode, with its own Adam optimizer."""
-    method = FlowMatching() if mode == "fm" else MeanFlow()
+def make_step(mode: str, net: nn.Module, x: torch.Tensor, compiled: bool = False,
+              ratio: float | None = None):
+    """One training step closure ``() -> None`` for a mode, with its own Adam optimizer.
+
+    ``ratio``: the MeanFlow modes' fraction of the batch with ``r != t`` (None: ``MeanFlow()``'s default).
+    """
+    method = FlowMatching() if mode == "fm" else make_meanflow(ratio)
     target = HideTangents(net) if mode == "mf-naive" else net
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     for p in net.parameters():  # allocate grads and Adam state up front (part of the baseline)
@@ -109,6 +128,11 @@ def make_step(mode: str, net: nn.Module, x: torch.Tensor, compiled: bool = False
         opt.step()
 
     return step, method, target
+
+
+def make_meanflow(ratio: float | None = None) -> MeanFlow:
+    """``MeanFlow(ratio=ratio)``, or ``MeanFlow()`` (its default ratio) for None."""
+    return MeanFlow() if ratio is None else MeanFlow(ratio=ratio)
 
 
 def sync(device: str) -> None:
@@ -240,7 +264,7 @@ def run_worker(args) -> None:
     if args.worker[0].startswith("sweep-"):
         tokens = int(args.worker[0].split("-")[1])
         print(json.dumps(sweep_memory(tokens, args.worker[1], args.batch, args.mem_iters, args.device,
-                                      args.bf16)))
+                                      args.bf16, args.ratio)))
         return
     print(json.dumps(worker_memory(args.worker[0], args.worker[1], args.batch, args.mem_iters, args.device)))
 
@@ -267,8 +291,11 @@ def sweep_net(tokens: int, device: str) -> tuple[nn.Module, tuple[int, ...]]:
     return net, (4, 2 * side, 2 * side)
 
 
-def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False):
-    """One training step closure of a sweep mode (its own Adam), or None where it cannot run here."""
+def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False, ratio: float | None = None):
+    """One training step closure of a sweep mode (its own Adam), or None where it cannot run here.
+
+    ``ratio``: fraction of the batch with ``r != t`` in the MeanFlow modes (None: ``MeanFlow()``'s default).
+    """
     compiled = mode.endswith("compiled")
     base = "fm" if mode.startswith("fm") else ("mf-naive" if mode == "mf-naive" else "mf")
     impl = mode.split("-")[1] if base == "mf" and not compiled else "auto"
@@ -278,7 +305,7 @@ def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False):
         dtype = torch.bfloat16 if bf16 else x.dtype
         if not available(torch.empty(1, 1, 1, 64, device=x.device, dtype=dtype)):
             return None
-    step = make_step(base, net, x, compiled)[0]
+    step = make_step(base, net, x, compiled, ratio)[0]
 
     def run():
         with attention_tangent.use_impl(impl), torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
@@ -287,12 +314,68 @@ def sweep_step(mode: str, net: nn.Module, x: torch.Tensor, bf16: bool = False):
     return run
 
 
-def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str, bf16: bool) -> dict:
+def sweep_memory(tokens: int, mode: str, batch: int, iters: int, device: str, bf16: bool,
+                 ratio: float | None = None) -> dict:
     """Fresh process: peak memory of ``iters`` steps of one sweep mode above the post-setup baseline."""
     net, shape = sweep_net(tokens, device)
     x = torch.randn(batch, *shape, device=device)
-    run = sweep_step(mode, net, x, bf16)
+    run = sweep_step(mode, net, x, bf16, ratio)
     return {"peak_bytes": peak_bytes(run, iters, device)}
+
+
+def loss_flops(method, net: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one loss forward + backward of ``method`` on ``net`` (torch's ``FlopCounterMode``:
+    matrix products and convolutions), seeded so that every method draws the same noise and times.
+
+    Attention runs under the math SDPA backend, i.e. as matmuls that the counter sees: the CPU fused
+    kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) and its backward have no FLOP formula
+    registered in torch 2.x and count 0. The attention tangent is ``explicit`` (the same products as
+    ``tiled`` and ``fused``: five ``N x M x d`` per head, the scores recomputed)."""
+    torch.manual_seed(0)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), attention_tangent.use_impl("explicit"), counter:
+        method.loss(net, x).loss.backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def sweep_flops(net: nn.Module, x: torch.Tensor, ratio: float) -> dict:
+    """FLOPs of one flow-matching and one MeanFlow(ratio) loss forward + backward, and their ratio: the
+    arithmetic floor of the MF / FM step-time ratio (the Adam step has no products and is left out)."""
+    fm = loss_flops(FlowMatching(), net, x)
+    mf = loss_flops(MeanFlow(ratio=ratio), net, x)
+    return {"fm_flops": fm, "mf_flops": mf, "floor": mf / fm}
+
+
+def n_neq(ratio: float, batch: int) -> int:
+    """Rows of a batch with ``r != t``: ``round(ratio * batch)`` (Python rounding, as MeanFlow's mask)."""
+    return int(round(ratio * batch))
+
+
+def warn_no_neq(ratio: float, batches: list[int]) -> None:
+    zero = [b for b in batches if ratio > 0 and n_neq(ratio, b) == 0]
+    if zero:
+        print(f"warning: --ratio {ratio:g} gives round(ratio * batch) = 0 rows with r != t at batch "
+              f"{','.join(map(str, zero))}: those MeanFlow steps have no r != t sample")
+
+
+def sweep_flops_only(args) -> None:
+    """``--flops-only``: the FLOP floor table alone (no timing, no memory)."""
+    tokens = [int(s) for s in args.tokens.split(",")]
+    batches = [int(s) for s in args.batches.split(",")]
+    print(f"FLOP floor: DiT {SWEEP_DIT}; MeanFlow ratio {args.ratio:g}; FLOPs of one loss forward + backward "
+          f"(FlopCounterMode), attention under the math SDPA backend, attention tangent 'explicit'")
+    warn_no_neq(args.ratio, batches)
+    hdr = f"{'tokens':>6s} {'batch':>5s} {'r!=t':>4s} {'FM GFLOP':>9s} {'MF GFLOP':>9s} {'FLOP floor':>10s}"
+    print(hdr)
+    print("-" * len(hdr))
+    for n in tokens:
+        for b in batches:
+            net, shape = sweep_net(n, args.device)
+            x = torch.randn(b, *shape, device=args.device)
+            f = sweep_flops(net, x, args.ratio)
+            print(f"{n:6d} {b:5d} {n_neq(args.ratio, b):4d} {f['fm_flops'] / 1e9:9.3f} "
+                  f"{f['mf_flops'] / 1e9:9.3f} {f['floor']:10.2f}", flush=True)
 
 
 def sweep(args) -> None:
@@ -305,18 +388,24 @@ def sweep(args) -> None:
           f"device {args.device}, threads "
           f"{args.threads}, {args.iters} timed steps per mode (median, interleaved), peak memory over "
           f"{args.mem_iters} steps in a fresh process (eager modes)")
-    hdr = (f"{'tokens':>6s} {'batch':>5s} {'mode':12s} {'step ms':>9s} {'x FM':>5s} {'peak MiB':>9s} "
-           f"{'x FM':>5s}")
+    print(f"MeanFlow ratio {args.ratio:g}: r != t rows per batch "
+          f"{', '.join(f'{n_neq(args.ratio, b)}/{b}' for b in batches)}; FLOP floor = FLOPs of one MF / one "
+          f"FM loss forward + backward (math SDPA, explicit tangent: the tangent mode's; mf-naive does more)")
+    warn_no_neq(args.ratio, batches)
+    hdr = (f"{'tokens':>6s} {'batch':>5s} {'r!=t':>4s} {'mode':12s} {'step ms':>9s} {'x FM':>5s} "
+           f"{'FLOP floor':>10s} {'peak MiB':>9s} {'x FM':>5s}")
     print(hdr)
     print("-" * len(hdr))
     for n in tokens:
         for b in batches:
             net, shape = sweep_net(n, args.device)
             x = torch.randn(b, *shape, device=args.device)
+            floor = sweep_flops(copy.deepcopy(net), x, args.ratio)["floor"]
+            neq = n_neq(args.ratio, b)
             steps = {}
             for m in modes:
                 try:
-                    run = sweep_step(m, copy.deepcopy(net), x, args.bf16)
+                    run = sweep_step(m, copy.deepcopy(net), x, args.bf16, args.ratio)
                     if run is not None:
                         run()
                         run()  # warm-up (and compilation)
@@ -324,7 +413,7 @@ def sweep(args) -> None:
                 except Exception as exc:  # report, do not hide: compile support is platform-dependent
                     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                     msg = " | ".join(lines[-3:])[:400]
-                    print(f"{n:6d} {b:5d} {m:12s} FAILED {type(exc).__name__}: {msg}")
+                    print(f"{n:6d} {b:5d} {'-':>4s} {m:12s} FAILED {type(exc).__name__}: {msg}")
             t = interleaved_medians(steps, args.iters, args.device)
             mem = {}
             for m in steps:
@@ -332,7 +421,7 @@ def sweep(args) -> None:
                     continue
                 cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
                        "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
-                       str(args.threads), *(["--bf16"] if args.bf16 else [])]
+                       str(args.threads), "--ratio", repr(args.ratio), *(["--bf16"] if args.bf16 else [])]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode == 0:
                     mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
@@ -342,7 +431,9 @@ def sweep(args) -> None:
                 peak = mem.get(m)
                 mtxt = f"{peak / 2**20:9.1f} {peak / mem['fm']:5.2f}" if peak and mem.get("fm") else (
                     f"{'-':>9s} {'-':>5s}")
-                print(f"{n:6d} {b:5d} {m:12s} {t[m] * 1e3:9.1f} {ratio:5.2f} {mtxt}", flush=True)
+                ntxt, ftxt = ("-", "-") if m.startswith("fm") else (str(neq), f"{floor:.2f}")
+                print(f"{n:6d} {b:5d} {ntxt:>4s} {m:12s} {t[m] * 1e3:9.1f} {ratio:5.2f} {ftxt:>10s} {mtxt}",
+                      flush=True)
             print(flush=True)
 
 
@@ -370,13 +461,19 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="--sweep: steps under bfloat16 autocast (as training "
                    "on CUDA runs by default)")
     p.add_argument("--modes", default=None, help=f"--sweep: subset of {','.join(SWEEP_MODES)}")
+    p.add_argument("--ratio", type=float, default=1.0, help="--sweep: fraction of each batch with r != t in "
+                   "the MeanFlow steps, in [0, 1] (without --sweep: MeanFlow()'s default, 0.25)")
+    p.add_argument("--flops-only", action="store_true", help="--sweep: print only the FLOP floor table "
+                   "(MF / FM FLOPs per step) for --tokens, --batches and --ratio; no timing")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if not 0.0 <= args.ratio <= 1.0:
+        p.error(f"--ratio must be in [0, 1], got {args.ratio}")
     if args.worker:
         return run_worker(args)
-    if args.sweep:
+    if args.sweep or args.flops_only:
         torch.set_num_threads(args.threads)
-        return sweep(args)
+        return sweep_flops_only(args) if args.flops_only else sweep(args)
     torch.set_num_threads(args.threads)
     mib = 2.0**20
     print(f"torch {torch.__version__}, device {args.device}, batch {args.batch}, threads {args.threads}, "

@@ -285,7 +285,9 @@ def test_guidance_scale_moves_samples_monotonically(one_thread):
     pos = [float(m.sample(net, e, ones, omega=w)[:, 0].mean()) for w in omegas]
     neg = [float(m.sample(net, e, 1 - ones, omega=w)[:, 0].mean()) for w in omegas]
     msg = f"class-1 means {pos}, class-0 means {neg}"
-    assert abs(pos[0] - 1.0) < 0.5 and abs(neg[0] + 1.0) < 0.5, msg  # measured 1.32, -0.84
+    # omega = 1 lands near the class centres +-1; over 4 seeds x 2 row orders (equal gradients to
+    # 1e-16, different float rounding) the means spread over 0.54..1.47 and -1.57..-0.84.
+    assert abs(pos[0] - 1.0) < 0.7 and abs(neg[0] + 1.0) < 0.7, msg
     # stronger guidance pushes each class further from the other (measured steps >= 0.49)
     assert all(b - a > 0.2 for a, b in zip(pos, pos[1:])), msg
     assert all(a - b > 0.2 for a, b in zip(neg, neg[1:])), msg

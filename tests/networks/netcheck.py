@@ -46,3 +46,16 @@ def check_tangent_mode(net, z, t, h, y=None, seed=123, eps=1e-5, fd_tol=1e-7, **
     assert dout.abs().max() > 1e-3, "degenerate check: tangent is ~0"
     torch.testing.assert_close(dout, ref_dout, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(dout, fd, rtol=fd_tol, atol=fd_tol)
+    check_partial_tangents(net, z, t, h, y, (dz, dt, dh), out, dout, seed, **kw)
+
+
+def check_partial_tangents(net, z, t, h, y, tangents, out, dout, seed, **kw):
+    """Tangents of the leading ``n < B`` rows: the same primal, the leading rows of the full tangent."""
+    b = z.shape[0]
+    assert b >= 2, "use a batch of >= 2 to check partial tangents"
+    for n in sorted({1, b // 2, b - 1}):
+        part = tuple(a[:n] for a in tangents)
+        out_n, dout_n = seeded(seed, net, z, t, h, y, tangents=part, **kw)
+        assert dout_n.shape == (n, *z.shape[1:])
+        torch.testing.assert_close(out_n, out, rtol=0, atol=0)
+        torch.testing.assert_close(dout_n, dout[:n], rtol=1e-12, atol=1e-12)

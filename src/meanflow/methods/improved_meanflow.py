@@ -92,7 +92,7 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import jvp
+from meanflow.methods.jvp import jvp, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import check_time_dist, sample_t_r
 
 GUIDANCE_KEY = "guidance"
@@ -300,8 +300,12 @@ class ImprovedMeanFlow(Method):
                 with torch.no_grad():
                     v_c = net(z, t, zero, y, **kw).to(dtype)
 
-            u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in)
-            compound = u + expand_like(h, u) * dudt
+            # du/dt matters only where r != t (h = 0 elsewhere): those rows go first and only they
+            # are differentiated; every loss term is a mean over rows, so the order is free.
+            order, rows = moving_rows(net, t, r)
+            z, t, r, h, y_in, v_c, v_g, v, kw_in = take_rows(order, b, z, t, r, h, y_in, v_c, v_g, v, kw_in)
+            u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in, rows)
+            compound = u + expand_like(h, u) * pad_rows(dudt, b)
             err_u = per_sample_sq(compound - v_g)
             total = err_u / (err_u.detach() + self.norm_eps).pow(self.norm_p)
             err_v = None
@@ -322,25 +326,27 @@ class ImprovedMeanFlow(Method):
         return LossOutput(loss=loss, metrics=metrics)
 
     def _forward_pair(self, net: nn.Module, z: Tensor, t: Tensor, h: Tensor, y: Tensor | None, v_c: Tensor,
-                      kw: dict) -> tuple[Tensor, Tensor, Tensor | None]:
+                      kw: dict, rows: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(u, du/dt, v_pred)`` from one network call (so a DDP wrapper sees one forward per step).
 
         ``u, du/dt = jvp(u_theta, (z, t, h), (v_c, 1, 1))`` (tangent ``(v_c, 0, 1)`` on ``(z, r, t)``)
         and, when ``v_weight > 0``, ``v_pred = u_theta(z, t, h = 0)`` with graph, evaluated as the
-        second half of a ``2B`` batch whose tangent is zero (and unused). ``v_pred`` is None otherwise.
-        All ``[B, *S]``; ``du/dt`` is detached.
+        second half of a ``2B`` batch whose tangent is not computed. ``v_pred`` is None otherwise.
+        All ``[B, *S]``, except ``du/dt``: detached, ``[rows, *S]`` (the leading rows; all ``B`` when
+        ``rows`` is None).
         """
         dtype = z.dtype
         ones = torch.ones_like(t)
         if self.v_weight == 0:
-            u, dudt = jvp(net, z, t, h, y, v_c, ones, ones, net_kwargs=kw)
+            u, dudt = jvp(net, z, t, h, y, v_c, ones, ones, net_kwargs=kw, rows=rows)
             return u.to(dtype), dudt.to(dtype), None
         b = t.shape[0]
         zeros = torch.zeros_like(t)
         out, dout = jvp(net, torch.cat([z, z]), torch.cat([t, t]), torch.cat([h, zeros]),
                         None if y is None else torch.cat([y, y]),
                         torch.cat([v_c, torch.zeros_like(v_c)]), torch.cat([ones, zeros]),
-                        torch.cat([ones, zeros]), net_kwargs=_repeat_batch(kw, b))
+                        torch.cat([ones, zeros]), net_kwargs=_repeat_batch(kw, b),
+                        rows=b if rows is None else rows)
         out, dout = out.to(dtype), dout.to(dtype)
         return out[:b], dout[:b], out[b:]
 

@@ -30,7 +30,7 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import jvp
+from meanflow.methods.jvp import jvp, moving_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
 
 
@@ -178,7 +178,13 @@ class MeanFlow(Method):
         Returns:
             ``(u, u_tgt)``: prediction with graph and detached target, both ``[B, *S]``.
         """
-        return _target(net, z, t, r, v, y, net_kwargs)
+        b = z.shape[0]
+        order, rows = moving_rows(net, t, r)
+        if order is None:
+            return _target(net, z, t, r, v, y, net_kwargs, rows)
+        u, u_tgt = _target(net, *take_rows(order, b, z, t, r, v, y, net_kwargs), rows)
+        back = torch.argsort(order)
+        return u.index_select(0, back), u_tgt.index_select(0, back)
 
     def loss(
         self,
@@ -238,8 +244,13 @@ class MeanFlow(Method):
                 y = torch.where(drop, torch.full_like(y, self.num_classes), y)
                 v_g = torch.where(expand_like(drop, v), v, v_g)
 
+        # The tangent is needed only where r != t (elsewhere t - r = 0 drops it from the target):
+        # those rows go first and the network differentiates only them. The loss is a mean over
+        # rows, so the order does not change it.
+        order, rows = moving_rows(net, t, r)
+        z, t, r, v, v_g, y, net_kwargs = take_rows(order, b, z, t, r, v, v_g, y, net_kwargs)
         objective = _compiled_objective() if self.compile else _objective
-        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs)
+        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows)
 
         with torch.no_grad():
             metrics = {
@@ -295,24 +306,32 @@ class MeanFlow(Method):
 
 
 def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None,
-            net_kwargs: dict | None = None):
-    """``u, du/dt = jvp(u_theta, (z, r, t), (v, 0, 1))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``."""
+            net_kwargs: dict | None = None, rows: int | None = None):
+    """``u, du/dt = jvp(u_theta, (z, r, t), (v, 0, 1))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``.
+
+    With ``rows = n`` the rows from ``n`` on must have ``r = t``: their target is ``v`` and their
+    tangent is not computed.
+    """
     h = t - r
     ones = torch.ones_like(t)
     # (dz, dt, dh) = (v, 1, 1) on (z, t, h)
-    u, dudt = jvp(net, z, t, h, y, v, ones, ones, net_kwargs=net_kwargs)
-    u_tgt = v - expand_like(h.clamp(0, 1), v) * dudt
+    u, dudt = jvp(net, z, t, h, y, v, ones, ones, net_kwargs=net_kwargs, rows=rows)
+    n = dudt.shape[0]
+    u_tgt = v[:n] - expand_like(h[:n].clamp(0, 1), dudt) * dudt
+    if n < v.shape[0]:
+        u_tgt = torch.cat([u_tgt, v[n:]])
     return u, u_tgt.detach()
 
 
-def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None):
+def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None,
+               rows: int | None = None):
     """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off.
 
     Returns:
         ``(loss, err, u)``: scalar loss, per-sample squared error ``[B]``, prediction ``[B, *S]``.
     """
     with torch.autocast(device_type=z.device.type, enabled=False):
-        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs)
+        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs, rows)
         u = u.to(z.dtype)
         err = per_sample_sq(u - u_tgt)
         weight = (err.detach() + norm_eps).pow(norm_p)  # stop-gradient adaptive weight

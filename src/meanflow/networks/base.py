@@ -4,7 +4,11 @@
     out, dout = net(z, t, h, y=None, tangents=(dz, dt, dh))
 
 ``dout = d/de net(z + e dz, t + e dt, h + e dh, y)`` at ``e = 0`` is exact (forward mode, not a
-finite difference) and computed without an autograd graph; ``out`` keeps its graph. Subclasses
+finite difference) and computed without an autograd graph; ``out`` keeps its graph.
+
+The tangents may cover only the *leading* ``n <= B`` rows of the batch (``dz [n, *S]``, ``dt, dh
+[n]``): ``out`` is still ``[B, *S]`` and ``dout`` is ``[n, *S]``, the leading rows of the full
+tangent, at ``n / B`` of its cost (MeanFlow needs ``du/dt`` only where ``r != t``). Subclasses
 implement :meth:`TangentNet.pair_forward`, which threads ``(x, dx)`` pairs through the layers of
 :mod:`meanflow.networks.layers` (``dx = None`` everywhere for the plain forward).
 """
@@ -27,6 +31,8 @@ class TangentNet(nn.Module):
     """
 
     supports_tangents = True
+    supports_partial_tangents = True
+    """Tangents may cover only the leading rows of the batch (see the module docstring)."""
 
     def forward(
         self,
@@ -44,11 +50,12 @@ class TangentNet(nn.Module):
             t: time ``[B]`` (or a scalar, broadcast), ``t = 1`` is noise.
             h: ``h = t - r`` ``[B]`` (or a scalar); 0 for single-time methods.
             y: class ids ``[B]`` long in ``[0, num_classes]`` (``num_classes`` = null) or None.
-            tangents: optional ``(dz [B, *S], dt [B] or scalar, dh [B] or scalar)``.
+            tangents: optional ``(dz [n, *S], dt [n] or scalar, dh [n] or scalar)`` for the leading
+                ``1 <= n <= B`` rows (usually ``n = B``).
             **kwargs: extra conditioning specific to a backbone (e.g. ``augment_labels``).
 
         Returns:
-            ``out [B, *S]``; or ``(out, dout)`` in tangent mode, ``dout`` without a graph.
+            ``out [B, *S]``; or ``(out, dout)`` in tangent mode, ``dout [n, *S]`` without a graph.
         """
         b = z.shape[0]
         t = batch_scalar(t, b, z)
@@ -58,12 +65,14 @@ class TangentNet(nn.Module):
         if len(tangents) != 3:
             raise UserError(f"tangents must be (dz, dt, dh), got {len(tangents)} items")
         dz, dt, dh = tangents
-        if tuple(dz.shape) != tuple(z.shape):
-            raise UserError(f"tangent dz has shape {tuple(dz.shape)}, expected {tuple(z.shape)}")
+        n = dz.shape[0] if dz.dim() else 0
+        if dz.shape[1:] != z.shape[1:] or not 1 <= n <= b:
+            raise UserError(f"tangent dz has shape {tuple(dz.shape)}, expected {tuple(z.shape)} "
+                            f"(or the leading n >= 1 of its {b} rows)")
         with torch.no_grad():
             dz = dz.to(z.dtype)
-            dt = batch_scalar(dt, b, z)
-            dh = batch_scalar(dh, b, z)
+            dt = batch_scalar(dt, n, z)
+            dh = batch_scalar(dh, n, z)
         out, dout = self.pair_forward(z, t, h, y, dz, dt, dh, **kwargs)
         return out, dout
 

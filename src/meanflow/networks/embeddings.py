@@ -23,7 +23,7 @@ def sinusoidal(
 
     Args:
         x: scalars ``[B]``.
-        dx: their tangents ``[B]`` or None.
+        dx: their tangents ``[B]`` (or ``[n]``, the leading rows) or None.
         dim: number of features (even).
         max_period: the lowest frequency is ``1 / max_period``.
         endpoint: ``n = dim/2 - 1`` (EDM's ``PositionalEmbedding``) instead of ``n = dim/2``
@@ -44,7 +44,7 @@ def sinusoidal(
         return emb, None
     with torch.no_grad():
         wdx = dx[:, None] * freqs
-        demb = torch.cat([-sin * wdx, cos * wdx], dim=-1)
+        demb = torch.cat([-L.lead(sin, wdx) * wdx, L.lead(cos, wdx) * wdx], dim=-1)
     return emb, demb
 
 

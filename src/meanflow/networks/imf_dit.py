@@ -156,8 +156,9 @@ class IMFDiT(TangentNet):
 
         def add(base: Tensor, e: Tensor, de: Tensor | None) -> None:
             toks.append(base + e[:, None])
-            if dt is not None:
-                dtoks.append(torch.zeros_like(toks[-1]) if de is None else de[:, None].expand_as(toks[-1]))
+            if dt is not None:  # the tangent covers the leading dt.shape[0] rows
+                shape = (dt.shape[0], *toks[-1].shape[1:])
+                dtoks.append(toks[-1].new_zeros(shape) if de is None else de[:, None].expand(shape))
 
         if self.y_embedder is not None:
             add(self.class_tokens, self.y_embedder(y, b, like.device), None)

@@ -37,6 +37,7 @@ def rms_norm(x: Tensor, dx: Tensor | None, weight: Tensor | None, eps: float = 1
     if dx is None:
         return y, None
     with torch.no_grad():
+        x, r = L.lead(x, dx), L.lead(r, dx)
         proj = (x * dx).mean(-1, keepdim=True) * r.square()
         dy = (dx - x * proj) * r
         if weight is not None:

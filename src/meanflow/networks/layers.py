@@ -34,6 +34,18 @@ from meanflow.networks.attention_tangent import attention_tangent
 Pair = tuple[Tensor, "Tensor | None"]
 
 
+def lead(x: Tensor, dx: Tensor) -> Tensor:
+    """The rows of a primal operand that a tangent covers.
+
+    A tangent may cover only the leading ``n = dx.shape[0]`` rows of the batch (MeanFlow needs
+    ``du/dt`` only where ``r != t``; see :mod:`meanflow.networks.base`), so wherever a tangent
+    formula reuses a primal tensor it takes ``x[:n]``, a view. Operands that broadcast over the
+    batch (leading size 1) and full-size tangents pass through unchanged.
+    """
+    n = dx.shape[0]
+    return x if x.shape[0] in (1, n) else x[:n]
+
+
 def _forward_ad_active() -> bool:
     """True inside ``torch.func`` transforms or an ``autograd.forward_ad.dual_level``."""
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
@@ -169,7 +181,7 @@ def layer_norm(
     y, mean, rstd = _aten.native_layer_norm(x, shape, weight, bias, eps)
     with torch.no_grad():
         dy = _aten.native_layer_norm_backward(
-            dx, x, shape, mean, rstd, None, None, [True, False, False]
+            dx, lead(x, dx), shape, lead(mean, dx), lead(rstd, dx), None, None, [True, False, False]
         )[0]
         if weight is not None:
             dy = dy * weight
@@ -214,9 +226,10 @@ def group_norm(
         return y, None
     with torch.no_grad():
         hw = xg.shape[-1] * num_groups // c
+        n = dx.shape[0]
         dy = _aten.native_group_norm_backward(
-            dx.contiguous(), x.contiguous(), mean.reshape(b, num_groups),
-            rstd.reshape(b, num_groups), None, b, c, hw, num_groups, [True, False, False],
+            dx.contiguous(), lead(x, dx).contiguous(), lead(mean, dx).reshape(n, num_groups),
+            lead(rstd, dx).reshape(n, num_groups), None, n, c, hw, num_groups, [True, False, False],
         )[0]
         if weight is not None:
             dy = dy * weight.reshape(affine_shape)
@@ -263,7 +276,7 @@ def silu(x: Tensor, dx: Tensor | None = None) -> Pair:
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, torch.ops.aten.silu_backward(dx, x)
+        return y, torch.ops.aten.silu_backward(dx, lead(x, dx))
 
 
 def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
@@ -275,7 +288,7 @@ def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, torch.ops.aten.gelu_backward(dx, x, approximate="tanh")
+        return y, torch.ops.aten.gelu_backward(dx, lead(x, dx), approximate="tanh")
 
 
 def modulate(
@@ -291,7 +304,7 @@ def modulate(
     if dx is None:
         return y, None
     with torch.no_grad():
-        dy = torch.addcmul(torch.addcmul(dshift, x, dscale), dx, 1 + scale)
+        dy = torch.addcmul(torch.addcmul(dshift, lead(x, dx), dscale), dx, 1 + lead(scale, dx))
     return y, dy
 
 
@@ -301,7 +314,7 @@ def mul(a: Tensor, da: Tensor | None, b: Tensor, db: Tensor | None) -> Pair:
     if da is None:
         return y, None
     with torch.no_grad():
-        return y, torch.addcmul(da * b, a, db)
+        return y, torch.addcmul(da * lead(b, da), lead(a, da), db)
 
 
 def dropout(x: Tensor, dx: Tensor | None, p: float, training: bool) -> Pair:
@@ -319,7 +332,7 @@ def dropout(x: Tensor, dx: Tensor | None, p: float, training: bool) -> Pair:
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, dx * mask
+        return y, dx * lead(mask, dx)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,10 +341,10 @@ def dropout(x: Tensor, dx: Tensor | None, p: float, training: bool) -> Pair:
 
 def merge_heads(x: Tensor, dx: Tensor | None = None) -> Pair:
     """Heads back into channels: ``[B, H, N, d] -> [B, N, H d]`` (a reshape: the tangent the same)."""
-    b, h, n, d = x.shape
+    _, h, n, d = x.shape
 
     def merge(t: Tensor) -> Tensor:
-        return t.transpose(1, 2).reshape(b, n, h * d)
+        return t.transpose(1, 2).reshape(t.shape[0], n, h * d)
 
     return merge(x), None if dx is None else merge(dx)
 
@@ -358,7 +371,7 @@ def attention(
         dq, dk, dv: tangents (all given or all None).
 
     Returns:
-        ``(O, dO)`` of shape ``[B, H, N, d]``.
+        ``(O, dO)``: ``[B, H, N, d]`` and ``[n, H, N, d]`` for tangents of the leading ``n`` rows.
     """
     scale = q.shape[-1] ** -0.5
     if _forward_ad_active():
@@ -367,4 +380,4 @@ def attention(
         o = F.scaled_dot_product_attention(q, k, v)
     if dq is None:
         return o, None
-    return o, attention_tangent(q, k, v, o.detach(), dq, dk, dv)
+    return o, attention_tangent(*(lead(a, dq) for a in (q, k, v, o.detach())), dq, dk, dv)

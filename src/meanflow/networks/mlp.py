@@ -87,12 +87,12 @@ class MLP(TangentNet):
         c, dc = summed_condition(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
                                  z.device)
         c = c + self._guidance_embedding(guidance, b, z)  # constant in every tangent: dc unchanged
-        x, dx = L.linear(self.inp, z.reshape(b, -1), None if dz is None else dz.reshape(b, -1))
+        x, dx = L.linear(self.inp, z.reshape(b, -1), None if dz is None else dz.flatten(1))
         for blk in self.blocks:
             x, dx = blk(x, dx, c, dc)
         x, dx = L.silu(x, dx)
         x, dx = L.linear(self.out, x, dx)
-        return x.reshape(z.shape), None if dx is None else dx.reshape(z.shape)
+        return x.reshape(z.shape), None if dx is None else dx.reshape(dz.shape)
 
     def _guidance_embedding(self, guidance: Tensor | None, b: int, like: Tensor) -> Tensor | float:
         """``E_w(1 - 1/w) + E_a(t_min) + E_b(t_max)`` ``[B, hidden]`` (0 without guidance_cond)."""

@@ -144,7 +144,7 @@ class UNetBlock(nn.Module):
 
         def heads(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             # [B, 3C, H, W] -> 3 x [B, 1, HW, C] (one head, as in EDM's DDPM++)
-            return tuple(u.reshape(b, 1, c, hh * ww).transpose(-2, -1) for u in t.chunk(3, dim=1))
+            return tuple(u.reshape(u.shape[0], 1, c, hh * ww).transpose(-2, -1) for u in t.chunk(3, dim=1))
 
         a, da = self.norm2(x, dx)
         a, da = L.conv2d(self.qkv, a, da)
@@ -152,7 +152,7 @@ class UNetBlock(nn.Module):
         dq, dk, dv = heads(da) if da is not None else (None, None, None)
         o, do = L.attention(q, k, v, dq, dk, dv)
         o = o.transpose(-2, -1).reshape(b, c, hh, ww)
-        do = None if do is None else do.transpose(-2, -1).reshape(b, c, hh, ww)
+        do = None if do is None else do.transpose(-2, -1).reshape(do.shape[0], c, hh, ww)
         o, do = L.conv2d(self.proj, o, do)
         x = (o + x) * self.skip_scale
         return x, None if dx is None else (do + dx) * self.skip_scale
