@@ -35,7 +35,9 @@ For a small DiT on 32x32x4 latents and a small U-Net on 32x32x3 images, at a fix
   adds products of its own). It bounds the time ratio only where the step is matmul-bound: the Adam
   update and elementwise work are left out of the count, and where they weigh (few tokens, small
   batches, ``torch.compile`` trimming MeanFlow's elementwise overhead) a measured ratio can fall
-  below it. ``--flops-only`` prints just the FLOP counts and floors (no timing: seconds).
+  below it. ``--flops-only`` prints just the FLOP counts and floors (no timing: seconds). With
+  ``--bf16`` every step runs under bf16 autocast, but MeanFlow's JVP stays float32 as published
+  unless ``--jvp-autocast`` (``MeanFlow(jvp_precision="autocast")``) lets it follow the autocast.
 
 Usage::
 
@@ -43,6 +45,7 @@ Usage::
     python benchmarks/step_cost.py --device cuda --batch 64 --iters 30
     python benchmarks/step_cost.py --profile            # where the MF step's extra time goes
     python benchmarks/step_cost.py --sweep --tokens 64,256,1024 --batches 4 --iters 5
+    python benchmarks/step_cost.py --sweep --device cuda --bf16 --jvp-autocast --batches 32
     python benchmarks/step_cost.py --sweep --tokens 256 --batches 8 --ratio 0.25 --modes fm,mf-tiled
     python benchmarks/step_cost.py --sweep --flops-only --tokens 64,256,1024 --batches 8 --ratio 0.25
 """
@@ -130,9 +133,15 @@ def make_step(mode: str, net: nn.Module, x: torch.Tensor, compiled: bool = False
     return step, method, target
 
 
+JVP_PRECISION = "float32"
+"""``MeanFlow(jvp_precision=...)`` of every MeanFlow step (``--jvp-autocast`` sets "autocast")."""
+
+
 def make_meanflow(ratio: float | None = None) -> MeanFlow:
-    """``MeanFlow(ratio=ratio)``, or ``MeanFlow()`` (its default ratio) for None."""
-    return MeanFlow() if ratio is None else MeanFlow(ratio=ratio)
+    """``MeanFlow(ratio=ratio)``, or ``MeanFlow()``'s default ratio for None, with `JVP_PRECISION`."""
+    if ratio is None:
+        return MeanFlow(jvp_precision=JVP_PRECISION)
+    return MeanFlow(ratio=ratio, jvp_precision=JVP_PRECISION)
 
 
 def sync(device: str) -> None:
@@ -421,7 +430,8 @@ def sweep(args) -> None:
                     continue
                 cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
                        "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
-                       str(args.threads), "--ratio", repr(args.ratio), *(["--bf16"] if args.bf16 else [])]
+                       str(args.threads), "--ratio", repr(args.ratio), *(["--bf16"] if args.bf16 else []),
+                       *(["--jvp-autocast"] if args.jvp_autocast else [])]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode == 0:
                     mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
@@ -460,6 +470,8 @@ def main() -> None:
     p.add_argument("--batches", default="4", help="--sweep: batch sizes")
     p.add_argument("--bf16", action="store_true", help="--sweep: steps under bfloat16 autocast (as training "
                    "on CUDA runs by default)")
+    p.add_argument("--jvp-autocast", action="store_true", help="MeanFlow(jvp_precision='autocast'): with "
+                   "--bf16 the MeanFlow network and tangent run in bf16 too (default: float32, as published)")
     p.add_argument("--modes", default=None, help=f"--sweep: subset of {','.join(SWEEP_MODES)}")
     p.add_argument("--ratio", type=float, default=1.0, help="--sweep: fraction of each batch with r != t in "
                    "the MeanFlow steps, in [0, 1] (without --sweep: MeanFlow()'s default, 0.25)")
@@ -467,6 +479,8 @@ def main() -> None:
                    "(MF / FM FLOPs per step) for --tokens, --batches and --ratio; no timing")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    global JVP_PRECISION
+    JVP_PRECISION = "autocast" if args.jvp_autocast else "float32"
     if not 0.0 <= args.ratio <= 1.0:
         p.error(f"--ratio must be in [0, 1], got {args.ratio}")
     if args.worker:

@@ -14,6 +14,7 @@ a Jacobian-vector product with tangent ``(v, 0, 1)`` on ``(z, r, t)``, i.e. ``(v
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ from meanflow.methods.base import (
 )
 from meanflow.methods.jvp import jvp, moving_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
+
+JVP_PRECISIONS = ("float32", "autocast")
 
 
 @dataclass
@@ -60,6 +63,11 @@ class MeanFlow(Method):
         compile: Run the JVP + loss under ``torch.compile`` (tested to give the eager loss and
             gradients; building takes tens of seconds on CPU). Time draws, guidance and label
             dropout stay eager.
+        jvp_precision: ``"float32"`` (the official codes): the network's forward and tangent run
+            in float32 with autocast off, whatever the training precision. ``"autocast"``: they
+            follow the surrounding autocast (bf16 on GPUs: half the activation memory, tensor-core
+            products and the fused attention tangent); the target and the loss stay float32.
+            Not a published setting (bf16 JVPs are a suspect in late-training NaNs of some ports).
     """
 
     ratio: float = 0.25
@@ -78,6 +86,7 @@ class MeanFlow(Method):
     class_dropout: float = 0.0
     num_classes: int = 0
     compile: bool = False
+    jvp_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 1.0:
@@ -106,6 +115,9 @@ class MeanFlow(Method):
             raise UserError(f"num_classes must be an integer >= 0, got {self.num_classes}")
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false, got {self.compile!r}")
+        if self.jvp_precision not in JVP_PRECISIONS:
+            raise UserError(f"jvp_precision must be one of {', '.join(JVP_PRECISIONS)}, "
+                            f"got {self.jvp_precision!r}")
         if self.num_classes == 0 and (self.guided or self.class_dropout > 0):
             raise UserError("guidance (omega != 1 or kappa != 0) and class_dropout need num_classes > 0")
 
@@ -201,7 +213,8 @@ class MeanFlow(Method):
 
         ``err_i = ||u_i - u_tgt_i||^2`` summed over non-batch dims and
         ``loss = mean_i err_i / stopgrad((err_i + c)^p)``. The JVP and the loss run in float32 with
-        autocast disabled, whatever the surrounding precision (float64 inputs stay float64).
+        autocast disabled, whatever the surrounding precision (float64 inputs stay float64); with
+        ``jvp_precision="autocast"`` the JVP follows the surrounding autocast.
 
         Args:
             net: Network ``net(z, t, h, y)``, possibly DDP-wrapped.
@@ -250,7 +263,8 @@ class MeanFlow(Method):
         order, rows = moving_rows(net, t, r)
         z, t, r, v, v_g, y, net_kwargs = take_rows(order, b, z, t, r, v, v_g, y, net_kwargs)
         objective = _compiled_objective() if self.compile else _objective
-        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows)
+        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows,
+                                 self.jvp_precision == "autocast")
 
         with torch.no_grad():
             metrics = {
@@ -324,15 +338,18 @@ def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tenso
 
 
 def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None,
-               rows: int | None = None):
-    """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off.
+               rows: int | None = None, jvp_autocast: bool = False):
+    """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off (the JVP too, unless
+    ``jvp_autocast``: then it runs under the caller's autocast).
 
     Returns:
         ``(loss, err, u)``: scalar loss, per-sample squared error ``[B]``, prediction ``[B, *S]``.
     """
-    with torch.autocast(device_type=z.device.type, enabled=False):
+    no_autocast = torch.autocast(device_type=z.device.type, enabled=False)
+    with contextlib.nullcontext() if jvp_autocast else no_autocast:
         u, u_tgt = _target(net, z, t, r, v, y, net_kwargs, rows)
-        u = u.to(z.dtype)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        u, u_tgt = u.to(z.dtype), u_tgt.to(z.dtype)
         err = per_sample_sq(u - u_tgt)
         weight = (err.detach() + norm_eps).pow(norm_p)  # stop-gradient adaptive weight
         loss = (err / weight).mean()
