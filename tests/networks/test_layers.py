@@ -109,3 +109,22 @@ def test_attention_plain_path_works_under_forward_ad():
     _, d_mode = L.attention(q, k, v, dq, zero, zero)
     torch.testing.assert_close(d_func, d_mode)
     torch.testing.assert_close(d_dual, d_mode)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, dx: L.layer_norm(x, dx),
+    lambda x, dx: L.group_norm(x, dx, 2),
+    L.silu,
+    L.gelu_tanh,
+])
+@pytest.mark.parametrize("primal, tangent", [(torch.float32, torch.bfloat16),
+                                             (torch.bfloat16, torch.float32)])
+def test_tangents_of_mixed_precision(fn, primal, tangent):
+    """Under GPU autocast a primal and its tangent can come out of different kernels in different
+    dtypes (float32 from a norm, bf16 from a convolution); the tangent then follows the primal's."""
+    g = torch.Generator().manual_seed(0)
+    x, dx = torch.randn(3, 4, 8, generator=g), torch.randn(3, 4, 8, generator=g)
+    _, ref = fn(x, dx)
+    _, dy = fn(x.to(primal), dx.to(tangent))
+    assert dy.dtype == primal
+    torch.testing.assert_close(dy.float(), ref, rtol=0.05, atol=0.05)

@@ -181,7 +181,8 @@ def layer_norm(
     y, mean, rstd = _aten.native_layer_norm(x, shape, weight, bias, eps)
     with torch.no_grad():
         dy = _aten.native_layer_norm_backward(
-            dx, lead(x, dx), shape, lead(mean, dx), lead(rstd, dx), None, None, [True, False, False]
+            dx.to(x.dtype), lead(x, dx), shape, lead(mean, dx), lead(rstd, dx), None, None,
+            [True, False, False],
         )[0]
         if weight is not None:
             dy = dy * weight
@@ -228,7 +229,7 @@ def group_norm(
         hw = xg.shape[-1] * num_groups // c
         n = dx.shape[0]
         dy = _aten.native_group_norm_backward(
-            dx.contiguous(), lead(x, dx).contiguous(), lead(mean, dx).reshape(n, num_groups),
+            dx.to(x.dtype).contiguous(), lead(x, dx).contiguous(), lead(mean, dx).reshape(n, num_groups),
             lead(rstd, dx).reshape(n, num_groups), None, n, c, hw, num_groups, [True, False, False],
         )[0]
         if weight is not None:
@@ -276,7 +277,7 @@ def silu(x: Tensor, dx: Tensor | None = None) -> Pair:
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, torch.ops.aten.silu_backward(dx, lead(x, dx))
+        return y, torch.ops.aten.silu_backward(dx.to(x.dtype), lead(x, dx))
 
 
 def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
@@ -288,7 +289,7 @@ def gelu_tanh(x: Tensor, dx: Tensor | None = None) -> Pair:
     if dx is None:
         return y, None
     with torch.no_grad():
-        return y, torch.ops.aten.gelu_backward(dx, lead(x, dx), approximate="tanh")
+        return y, torch.ops.aten.gelu_backward(dx.to(x.dtype), lead(x, dx), approximate="tanh")
 
 
 def modulate(
