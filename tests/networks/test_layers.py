@@ -125,6 +125,23 @@ def test_tangents_of_mixed_precision(fn, primal, tangent):
     g = torch.Generator().manual_seed(0)
     x, dx = torch.randn(3, 4, 8, generator=g), torch.randn(3, 4, 8, generator=g)
     _, ref = fn(x, dx)
-    _, dy = fn(x.to(primal), dx.to(tangent))
-    assert dy.dtype == primal
+    y, dy = fn(x.to(primal), dx.to(tangent))
+    assert dy.dtype == y.dtype  # the primal's output dtype (float32 for group_norm, else the input's)
     torch.testing.assert_close(dy.float(), ref, rtol=0.05, atol=0.05)
+
+
+def test_group_norm_statistics_in_float32_under_cuda_like_autocast():
+    """CUDA autocast runs ``rsqrt`` in float32 on bf16 inputs (CPU autocast does not): emulate it by
+    patching rsqrt, and check that the primal and tangent still agree with float32 ones."""
+    g = torch.Generator().manual_seed(0)
+    x, dx = torch.randn(2, 8, 4, 4, generator=g), torch.randn(2, 8, 4, 4, generator=g)
+    y_ref, dy_ref = L.group_norm(x, dx, 2)
+    rsqrt = torch.rsqrt
+    try:
+        torch.rsqrt = lambda a: rsqrt(a.float())
+        y, dy = L.group_norm(x.bfloat16(), dx.bfloat16(), 2)
+    finally:
+        torch.rsqrt = rsqrt
+    assert y.dtype == dy.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, rtol=0.03, atol=0.03)
+    torch.testing.assert_close(dy, dy_ref, rtol=0.05, atol=0.05)

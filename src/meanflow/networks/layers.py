@@ -211,12 +211,15 @@ def group_norm(
         eps: variance epsilon.
 
     Returns:
-        ``(y, dy)`` of shape ``[B, C, *S]``.
+        ``(y, dy)`` of shape ``[B, C, *S]``, in float32 for half inputs: the statistics and the
+        output are computed in at least float32, as ``F.group_norm`` does under autocast (GPU
+        autocast would otherwise mix a bf16 mean with a float32 ``rsqrt``).
     """
     b, c = x.shape[:2]
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
     xg = x.reshape(b, num_groups, -1)
     var, mean = torch.var_mean(xg, dim=-1, keepdim=True, correction=0)
-    rstd = torch.rsqrt(var + eps)
+    rstd = torch.rsqrt(var + eps).to(x.dtype)
     affine_shape = (1, c) + (1,) * (x.dim() - 2)
     y = ((xg - mean) * rstd).reshape(x.shape)
     if weight is not None:
