@@ -72,11 +72,12 @@ if triton is not None:
             else:
                 s = tl.dot(q, kt)
                 ds = tl.dot(dq, kt) + tl.dot(q, dkt)
-            s = tl.where(cols[None, :], s * scale, float("-inf"))
+            # float32 casts: under torch.compile inductor passes ``scale`` as a float64 scalar.
+            s = tl.where(cols[None, :], s * scale, float("-inf")).to(tl.float32)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
-            x = p * (ds * scale)
+            x = (p * (ds * scale)).to(tl.float32)
             l_i = l_i * alpha + tl.sum(p, 1)
             g_i = g_i * alpha + tl.sum(x, 1)
             if IEEE:
