@@ -3,9 +3,8 @@
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
-from spawn_testkit import join_group
+from spawn_testkit import join_group, leave_group
 
 
 def make_problem(seed: int = 0, n: int = 8):
@@ -76,4 +75,4 @@ def worker(rank: int, world: int, rendezvous: str, out: str) -> None:
         (out / f"odd{rank}.txt").write_text("no error")
     except UserError as e:
         (out / f"odd{rank}.txt").write_text(str(e))
-    dist.destroy_process_group()
+    leave_group()

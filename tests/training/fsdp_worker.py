@@ -4,9 +4,8 @@ DiT (gradients of one MeanFlow step with guidance; whole training runs; a cross-
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
-from spawn_testkit import join_group
+from spawn_testkit import join_group, leave_group
 
 N = 8
 
@@ -69,4 +68,4 @@ def worker(rank: int, world: int, rendezvous: str, out: str) -> None:
     (ddp_run,) = (out / "ddp").iterdir()
     cfg = resolve_config("digits", overrides=dit_overrides(out, "ddp", "fsdp", steps=4))
     train(cfg, resume=ddp_run, echo=lambda s: None)
-    dist.destroy_process_group()
+    leave_group()

@@ -8,6 +8,7 @@ random on a busy machine.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,12 +16,32 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def spawn(worker, out: Path, world: int = 2) -> Path:
-    """Run ``worker(rank, world, rendezvous, str(out))`` in ``world`` spawned processes; returns ``out``."""
+def spawn(worker, out: Path, world: int = 2, attempts: int = 2) -> Path:
+    """Run ``worker(rank, world, rendezvous, str(out))`` in ``world`` spawned processes; returns ``out``.
+
+    A worker killed by a signal (not a Python error: those raise at once) is retried once: two
+    full-suite runs (of about ten) lost a worker, one to SIGABRT ("terminate called without an
+    active exception", a native thread at exit), while the same tests passed alone; a crash that
+    repeats still fails.
+    """
     rendezvous = out / ".rendezvous"
-    rendezvous.unlink(missing_ok=True)
-    mp.spawn(worker, args=(world, str(rendezvous), str(out)), nprocs=world, join=True)
+    for attempt in range(attempts):
+        rendezvous.unlink(missing_ok=True)
+        try:
+            mp.spawn(worker, args=(world, str(rendezvous), str(out)), nprocs=world, join=True)
+            return out
+        except mp.ProcessExitedException as e:
+            if attempt + 1 == attempts or not e.signal_name:
+                raise
+            warnings.warn(f"distributed test workers died ({e}); running them again", stacklevel=2)
     return out
+
+
+def leave_group() -> None:
+    """In a spawned worker: wait for every rank, then tear the group down (no rank exits while
+    another still talks to it)."""
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def join_group(rank: int, world: int, rendezvous: str) -> None:
