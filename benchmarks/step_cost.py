@@ -368,27 +368,31 @@ def warn_no_neq(ratio: float, batches: list[int]) -> None:
               f"{','.join(map(str, zero))}: those MeanFlow steps have no r != t sample")
 
 
-def sweep_flops_only(args) -> None:
-    """``--flops-only``: the FLOP floor table alone (no timing, no memory)."""
-    tokens = [int(s) for s in args.tokens.split(",")]
+def sweep_grid(args, hdr: str):
+    """Warn about batches without r != t rows, print the table header ``hdr``, then yield
+    ``(tokens, batch, net, x)`` for every configuration of ``--tokens`` x ``--batches``."""
     batches = [int(s) for s in args.batches.split(",")]
-    print(f"FLOP floor: DiT {SWEEP_DIT}; MeanFlow ratio {args.ratio:g}; FLOPs of one loss forward + backward "
-          f"(FlopCounterMode), attention under the math SDPA backend, attention tangent 'explicit'")
     warn_no_neq(args.ratio, batches)
-    hdr = f"{'tokens':>6s} {'batch':>5s} {'r!=t':>4s} {'FM GFLOP':>9s} {'MF GFLOP':>9s} {'FLOP floor':>10s}"
     print(hdr)
     print("-" * len(hdr))
-    for n in tokens:
+    for n in (int(s) for s in args.tokens.split(",")):
         for b in batches:
             net, shape = sweep_net(n, args.device)
-            x = torch.randn(b, *shape, device=args.device)
-            f = sweep_flops(net, x, args.ratio)
-            print(f"{n:6d} {b:5d} {n_neq(args.ratio, b):4d} {f['fm_flops'] / 1e9:9.3f} "
-                  f"{f['mf_flops'] / 1e9:9.3f} {f['floor']:10.2f}", flush=True)
+            yield n, b, net, torch.randn(b, *shape, device=args.device)
+
+
+def sweep_flops_only(args) -> None:
+    """``--flops-only``: the FLOP floor table alone (no timing, no memory)."""
+    print(f"FLOP floor: DiT {SWEEP_DIT}; MeanFlow ratio {args.ratio:g}; FLOPs of one loss forward + backward "
+          f"(FlopCounterMode), attention under the math SDPA backend, attention tangent 'explicit'")
+    hdr = f"{'tokens':>6s} {'batch':>5s} {'r!=t':>4s} {'FM GFLOP':>9s} {'MF GFLOP':>9s} {'FLOP floor':>10s}"
+    for n, b, net, x in sweep_grid(args, hdr):
+        f = sweep_flops(net, x, args.ratio)
+        print(f"{n:6d} {b:5d} {n_neq(args.ratio, b):4d} {f['fm_flops'] / 1e9:9.3f} "
+              f"{f['mf_flops'] / 1e9:9.3f} {f['floor']:10.2f}", flush=True)
 
 
 def sweep(args) -> None:
-    tokens = [int(s) for s in args.tokens.split(",")]
     batches = [int(s) for s in args.batches.split(",")]
     modes = [m for m in args.modes.split(",")] if args.modes else list(SWEEP_MODES)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
@@ -400,51 +404,45 @@ def sweep(args) -> None:
     print(f"MeanFlow ratio {args.ratio:g}: r != t rows per batch "
           f"{', '.join(f'{n_neq(args.ratio, b)}/{b}' for b in batches)}; FLOP floor = FLOPs of one MF / one "
           f"FM loss forward + backward (math SDPA, explicit tangent: the tangent mode's; mf-naive does more)")
-    warn_no_neq(args.ratio, batches)
     hdr = (f"{'tokens':>6s} {'batch':>5s} {'r!=t':>4s} {'mode':12s} {'step ms':>9s} {'x FM':>5s} "
            f"{'FLOP floor':>10s} {'peak MiB':>9s} {'x FM':>5s}")
-    print(hdr)
-    print("-" * len(hdr))
-    for n in tokens:
-        for b in batches:
-            net, shape = sweep_net(n, args.device)
-            x = torch.randn(b, *shape, device=args.device)
-            floor = sweep_flops(copy.deepcopy(net), x, args.ratio)["floor"]
-            neq = n_neq(args.ratio, b)
-            steps = {}
-            for m in modes:
-                try:
-                    run = sweep_step(m, copy.deepcopy(net), x, args.bf16, args.ratio)
-                    if run is not None:
-                        run()
-                        run()  # warm-up (and compilation)
-                        steps[m] = run
-                except Exception as exc:  # report, do not hide: compile support is platform-dependent
-                    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-                    msg = " | ".join(lines[-3:])[:400]
-                    print(f"{n:6d} {b:5d} {'-':>4s} {m:12s} FAILED {type(exc).__name__}: {msg}")
-            t = interleaved_medians(steps, args.iters, args.device)
-            mem = {}
-            for m in steps:
-                if m.endswith("compiled"):
-                    continue
-                cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
-                       "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
-                       str(args.threads), "--ratio", repr(args.ratio), *(["--bf16"] if args.bf16 else []),
-                       *(["--jvp-autocast"] if args.jvp_autocast else [])]
-                res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if res.returncode == 0:
-                    mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
-            for m in steps:
-                ref = "fm-compiled" if m.endswith("compiled") else "fm"
-                ratio = t[m] / t[ref] if ref in t else float("nan")
-                peak = mem.get(m)
-                mtxt = f"{peak / 2**20:9.1f} {peak / mem['fm']:5.2f}" if peak and mem.get("fm") else (
-                    f"{'-':>9s} {'-':>5s}")
-                ntxt, ftxt = ("-", "-") if m.startswith("fm") else (str(neq), f"{floor:.2f}")
-                print(f"{n:6d} {b:5d} {ntxt:>4s} {m:12s} {t[m] * 1e3:9.1f} {ratio:5.2f} {ftxt:>10s} {mtxt}",
-                      flush=True)
-            print(flush=True)
+    for n, b, net, x in sweep_grid(args, hdr):
+        floor = sweep_flops(copy.deepcopy(net), x, args.ratio)["floor"]
+        neq = n_neq(args.ratio, b)
+        steps = {}
+        for m in modes:
+            try:
+                run = sweep_step(m, copy.deepcopy(net), x, args.bf16, args.ratio)
+                if run is not None:
+                    run()
+                    run()  # warm-up (and compilation)
+                    steps[m] = run
+            except Exception as exc:  # report, do not hide: compile support is platform-dependent
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                msg = " | ".join(lines[-3:])[:400]
+                print(f"{n:6d} {b:5d} {'-':>4s} {m:12s} FAILED {type(exc).__name__}: {msg}")
+        t = interleaved_medians(steps, args.iters, args.device)
+        mem = {}
+        for m in steps:
+            if m.endswith("compiled"):
+                continue
+            cmd = [sys.executable, __file__, "--worker", f"sweep-{n}", m, "--batch", str(b),
+                   "--mem-iters", str(args.mem_iters), "--device", args.device, "--threads",
+                   str(args.threads), "--ratio", repr(args.ratio), *(["--bf16"] if args.bf16 else []),
+                   *(["--jvp-autocast"] if args.jvp_autocast else [])]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if res.returncode == 0:
+                mem[m] = json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"]
+        for m in steps:
+            ref = "fm-compiled" if m.endswith("compiled") else "fm"
+            ratio = t[m] / t[ref] if ref in t else float("nan")
+            peak = mem.get(m)
+            mtxt = f"{peak / 2**20:9.1f} {peak / mem['fm']:5.2f}" if peak and mem.get("fm") else (
+                f"{'-':>9s} {'-':>5s}")
+            ntxt, ftxt = ("-", "-") if m.startswith("fm") else (str(neq), f"{floor:.2f}")
+            print(f"{n:6d} {b:5d} {ntxt:>4s} {m:12s} {t[m] * 1e3:9.1f} {ratio:5.2f} {ftxt:>10s} {mtxt}",
+                  flush=True)
+        print(flush=True)
 
 
 def memory_in_subprocess(net_key: str, mode: str, args) -> dict:
