@@ -75,6 +75,7 @@ network gets no guidance input.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import jvp, moving_rows, pad_rows, take_rows
+from meanflow.methods.jvp import caller_autocast, check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import check_time_dist, sample_t_r
 
 GUIDANCE_KEY = "guidance"
@@ -126,6 +127,9 @@ class ImprovedMeanFlow(Method):
         sample_omega: Guidance scale used by :meth:`sample` unless given there.
         sample_t_min: Start of the guidance interval used by :meth:`sample` unless given there.
         sample_t_max: End of that interval.
+        jvp_precision: ``"float32"`` (official): the whole loss, the JVP call included, runs in
+            float32 with autocast off. ``"autocast"``: the JVP call follows the surrounding autocast
+            (bf16 on GPUs); guidance forwards, targets and losses stay float32. Not published.
     """
 
     ratio: float = 0.5
@@ -143,6 +147,7 @@ class ImprovedMeanFlow(Method):
     sample_omega: float = 1.0
     sample_t_min: float = 0.0
     sample_t_max: float = 1.0
+    jvp_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 1.0:
@@ -165,6 +170,7 @@ class ImprovedMeanFlow(Method):
         if int(self.num_classes) != self.num_classes or self.num_classes < 0:
             raise UserError(f"num_classes must be an integer >= 0, got {self.num_classes}")
         self._check_sampling_guidance(self.sample_omega, self.sample_t_min, self.sample_t_max)
+        check_jvp_precision(self.jvp_precision)
 
     def _check_sampling_guidance(self, omega: float, t_min: float, t_max: float) -> None:
         if not 1.0 <= omega < math.inf:
@@ -276,6 +282,8 @@ class ImprovedMeanFlow(Method):
         z, v = interpolate(x, e, t)
         h = t - r
         zero = torch.zeros_like(t)
+        jvp_context = (caller_autocast(x.device.type) if self.jvp_precision == "autocast"
+                       else contextlib.nullcontext())
 
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.conditional:
@@ -304,7 +312,8 @@ class ImprovedMeanFlow(Method):
             # are differentiated; every loss term is a mean over rows, so the order is free.
             order, rows = moving_rows(net, t, r)
             z, t, r, h, y_in, v_c, v_g, v, kw_in = take_rows(order, b, z, t, r, h, y_in, v_c, v_g, v, kw_in)
-            u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in, rows)
+            with jvp_context:
+                u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in, rows)
             compound = u + expand_like(h, u) * pad_rows(dudt, b)
             err_u = per_sample_sq(compound - v_g)
             total = err_u / (err_u.detach() + self.norm_eps).pow(self.norm_p)

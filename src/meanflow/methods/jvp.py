@@ -38,6 +38,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from meanflow.errors import UserError
+
 
 def _flag(net: nn.Module, name: str) -> bool:
     """A network attribute, looked up on ``net`` or on the module a DDP-style wrapper holds."""
@@ -88,6 +90,23 @@ def take_rows(order: Tensor | None, b: int, *items):
         return x
 
     return tuple(take(x) for x in items)
+
+
+JVP_PRECISIONS = ("float32", "autocast")
+"""``jvp_precision`` of MeanFlow and iMF: the published float32 JVP, or the caller's autocast."""
+
+
+def check_jvp_precision(value: str) -> None:
+    """One-line `UserError` unless ``value`` is one of `JVP_PRECISIONS`."""
+    if value not in JVP_PRECISIONS:
+        raise UserError(f"jvp_precision must be one of {', '.join(JVP_PRECISIONS)}, got {value!r}")
+
+
+def caller_autocast(device_type: str):
+    """A context manager that re-enters the autocast state active *now* (enabled flag and dtype), for
+    code that later runs inside an ``autocast(enabled=False)`` block but must follow the caller's."""
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                          enabled=torch.is_autocast_enabled(device_type))
 
 
 def supports_tangents(net: nn.Module) -> bool:

@@ -31,10 +31,8 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import jvp, moving_rows, take_rows
+from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
-
-JVP_PRECISIONS = ("float32", "autocast")
 
 
 @dataclass
@@ -115,9 +113,7 @@ class MeanFlow(Method):
             raise UserError(f"num_classes must be an integer >= 0, got {self.num_classes}")
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false, got {self.compile!r}")
-        if self.jvp_precision not in JVP_PRECISIONS:
-            raise UserError(f"jvp_precision must be one of {', '.join(JVP_PRECISIONS)}, "
-                            f"got {self.jvp_precision!r}")
+        check_jvp_precision(self.jvp_precision)
         if self.num_classes == 0 and (self.guided or self.class_dropout > 0):
             raise UserError("guidance (omega != 1 or kappa != 0) and class_dropout need num_classes > 0")
 
