@@ -39,8 +39,9 @@ def lead(x: Tensor, dx: Tensor) -> Tensor:
 
     A tangent may cover only the leading ``n = dx.shape[0]`` rows of the batch (MeanFlow needs
     ``du/dt`` only where ``r != t``; see :mod:`meanflow.networks.base`), so wherever a tangent
-    formula reuses a primal tensor it takes ``x[:n]``, a view. Operands that broadcast over the
-    batch (leading size 1) and full-size tangents pass through unchanged.
+    formula reuses a primal tensor it takes ``x[:n]``, a view. ``x`` must be batch-first (dim 0 the
+    batch, or 1 to broadcast over it; a 1-D parameter would be cut wrongly). Operands of leading size
+    1 and full-size tangents pass through unchanged.
     """
     n = dx.shape[0]
     return x if x.shape[0] in (1, n) else x[:n]
