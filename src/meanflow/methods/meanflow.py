@@ -31,7 +31,7 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, take_rows
+from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
 
 
@@ -326,10 +326,7 @@ def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tenso
     ones = torch.ones_like(t)
     # (dz, dt, dh) = (v, 1, 1) on (z, t, h)
     u, dudt = jvp(net, z, t, h, y, v, ones, ones, net_kwargs=net_kwargs, rows=rows)
-    n = dudt.shape[0]
-    u_tgt = v[:n] - expand_like(h[:n].clamp(0, 1), dudt) * dudt
-    if n < v.shape[0]:
-        u_tgt = torch.cat([u_tgt, v[n:]])
+    u_tgt = v - expand_like(h.clamp(0, 1), v) * pad_rows(dudt, v.shape[0])
     return u, u_tgt.detach()
 
 

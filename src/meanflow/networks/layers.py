@@ -220,7 +220,7 @@ def group_norm(
     x = x.to(torch.promote_types(x.dtype, torch.float32))
     xg = x.reshape(b, num_groups, -1)
     var, mean = torch.var_mean(xg, dim=-1, keepdim=True, correction=0)
-    rstd = torch.rsqrt(var + eps).to(x.dtype)
+    rstd = torch.rsqrt(var + eps)
     affine_shape = (1, c) + (1,) * (x.dim() - 2)
     y = ((xg - mean) * rstd).reshape(x.shape)
     if weight is not None:
