@@ -66,6 +66,9 @@ class MeanFlow(Method):
             follow the surrounding autocast (bf16 on GPUs: half the activation memory, tensor-core
             products and the fused attention tangent); the target and the loss stay float32.
             Not a published setting (bf16 JVPs are a suspect in late-training NaNs of some ports).
+        tangent: The JVP tangent on ``(z, r, t)`` as ``"v" + dr + dt``: ``"v01"`` (the identity's
+            ``(v, 0, 1)``, the default) or one of the paper's ablated wrong tangents ``"v00"``,
+            ``"v10"``, ``"v11"`` (Table 1c: FID 61.06 vs 268.06, 329.22, 137.96). For the ablation only.
     """
 
     ratio: float = 0.25
@@ -85,6 +88,7 @@ class MeanFlow(Method):
     num_classes: int = 0
     compile: bool = False
     jvp_precision: str = "float32"
+    tangent: str = "v01"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 1.0:
@@ -114,6 +118,8 @@ class MeanFlow(Method):
         if not isinstance(self.compile, bool):
             raise UserError(f"compile must be true or false, got {self.compile!r}")
         check_jvp_precision(self.jvp_precision)
+        if self.tangent not in TANGENTS:
+            raise UserError(f"unknown tangent {self.tangent!r}; choose from {', '.join(TANGENTS)}")
         if self.num_classes == 0 and (self.guided or self.class_dropout > 0):
             raise UserError("guidance (omega != 1 or kappa != 0) and class_dropout need num_classes > 0")
 
@@ -188,9 +194,10 @@ class MeanFlow(Method):
         """
         b = z.shape[0]
         order, rows = moving_rows(net, t, r)
+        tangent = TANGENTS[self.tangent]
         if order is None:
-            return _target(net, z, t, r, v, y, net_kwargs, rows)
-        u, u_tgt = _target(net, *take_rows(order, b, z, t, r, v, y, net_kwargs), rows)
+            return _target(net, z, t, r, v, y, net_kwargs, rows, tangent)
+        u, u_tgt = _target(net, *take_rows(order, b, z, t, r, v, y, net_kwargs), rows, tangent)
         back = torch.argsort(order)
         return u.index_select(0, back), u_tgt.index_select(0, back)
 
@@ -260,7 +267,7 @@ class MeanFlow(Method):
         z, t, r, v, v_g, y, net_kwargs = take_rows(order, b, z, t, r, v, v_g, y, net_kwargs)
         objective = _compiled_objective() if self.compile else _objective
         loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows,
-                                 self.jvp_precision == "autocast")
+                                 self.jvp_precision == "autocast", TANGENTS[self.tangent])
 
         with torch.no_grad():
             metrics = {
@@ -316,22 +323,25 @@ class MeanFlow(Method):
 
 
 def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None,
-            net_kwargs: dict | None = None, rows: int | None = None):
-    """``u, du/dt = jvp(u_theta, (z, r, t), (v, 0, 1))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``.
+            net_kwargs: dict | None = None, rows: int | None = None,
+            tangent: tuple[float, float] = (0.0, 1.0)):
+    """``u, du/dt = jvp(u_theta, (z, r, t), (v, dr, dt))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``.
 
-    With ``rows = n`` the rows from ``n`` on must have ``r = t``: their target is ``v`` and their
-    tangent is not computed.
+    ``tangent = (dr, dt)``: ``(0, 1)`` is the MeanFlow identity's; on the network's inputs
+    ``(z, t, h = t - r)`` it is ``(v, dt, dt - dr)``. With ``rows = n`` the rows from ``n`` on must have
+    ``r = t``: their target is ``v`` and their tangent is not computed.
     """
     h = t - r
+    dr, dt = tangent
     ones = torch.ones_like(t)
-    # (dz, dt, dh) = (v, 1, 1) on (z, t, h)
-    u, dudt = jvp(net, z, t, h, y, v, ones, ones, net_kwargs=net_kwargs, rows=rows)
+    u, dudt = jvp(net, z, t, h, y, v, ones * dt, ones * (dt - dr), net_kwargs=net_kwargs, rows=rows)
     u_tgt = v - expand_like(h.clamp(0, 1), v) * pad_rows(dudt, v.shape[0])
     return u, u_tgt.detach()
 
 
 def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None,
-               rows: int | None = None, jvp_autocast: bool = False):
+               rows: int | None = None, jvp_autocast: bool = False,
+               tangent: tuple[float, float] = (0.0, 1.0)):
     """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off (the JVP too, unless
     ``jvp_autocast``: then it runs under the caller's autocast).
 
@@ -340,7 +350,7 @@ def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: d
     """
     no_autocast = torch.autocast(device_type=z.device.type, enabled=False)
     with contextlib.nullcontext() if jvp_autocast else no_autocast:
-        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs, rows)
+        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs, rows, tangent)
     with torch.autocast(device_type=z.device.type, enabled=False):
         u, u_tgt = u.to(z.dtype), u_tgt.to(z.dtype)
         err = per_sample_sq(u - u_tgt)
@@ -348,6 +358,10 @@ def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: d
         loss = (err / weight).mean()
     return loss, err, u
 
+
+TANGENTS: dict[str, tuple[float, float]] = {"v01": (0.0, 1.0), "v00": (0.0, 0.0), "v10": (1.0, 0.0),
+                                            "v11": (1.0, 1.0)}
+"""``tangent`` option -> ``(dr, dt)`` of the JVP tangent ``(v, dr, dt)`` on ``(z, r, t)``."""
 
 _COMPILED = None
 

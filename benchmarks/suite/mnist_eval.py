@@ -1,0 +1,95 @@
+"""Measurements of an MNIST model: FID and KID of generated digits against the 10,000 test images.
+
+Samples: ``n`` class-balanced images (labels ``i % 10``, noise seeded by ``SAMPLE_SEED + seed``) from
+the first EMA, quantised to uint8, through the FID Inception-v3 (pool3, 28x28 resized to 299).
+Reference: the statistics (and KID features) of every MNIST test image, computed once and cached in
+chunks (an interrupted computation resumes) under ``runs/suite/ref/``. FID is biased upward at small
+``n`` (about 1/n): compare rows at the same ``n``; KID is unbiased, and its standard deviation over
+100 subsets of 1,000 is kept as ``kid_std``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.suite.records import REPO
+from benchmarks.suite.toy_eval import SAMPLE_SEED, CountCalls
+
+_BESIDE = REPO.parent / "shared" / "data"  # sessions and CI check the repo out next to shared/
+SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
+INCEPTION = SHARED / "inception" / "pt_inception-2015-12-05-pool3only-fcNaN.pth"
+REF = REPO / "runs" / "suite" / "ref" / "mnist-test-all.npz"
+GRIDS = REPO / "docs" / "quality" / "suite"
+CHUNK = 500
+_CACHE: dict = {}
+
+
+def inception():
+    """The FID Inception network: ``$MEANFLOW_INCEPTION_WEIGHTS``, else the shared copy (loaded once)."""
+    from meanflow.evaluation import load_inception
+
+    if "model" not in _CACHE:
+        own = os.environ.get("MEANFLOW_INCEPTION_WEIGHTS") or not INCEPTION.is_file()
+        weights = None if own else str(INCEPTION)
+        _CACHE["model"] = load_inception(weights)
+    return _CACHE["model"]
+
+
+def reference(path: Path = REF, images: np.ndarray | None = None):
+    """Inception statistics of the MNIST test set (or of `images`), computed in chunks and cached."""
+    from meanflow.evaluation import RefStats, dataset_images, extract_features, load_stats, save_stats
+    from meanflow.evaluation.fid import feature_statistics
+
+    if path.is_file():
+        return load_stats(path)
+    if images is None:
+        images = dataset_images("mnist", split="test", data_dir=str(SHARED / "mnist"))
+    chunks = path.with_name(path.stem + ".chunks")
+    chunks.mkdir(parents=True, exist_ok=True)
+    feats = []
+    for i in range(0, len(images), CHUNK):
+        f = chunks / f"{i:06d}.npy"
+        if not f.is_file():
+            arr = extract_features(images[i:i + CHUNK], inception(), batch_size=50, progress=False)
+            tmp = f.with_name(f".{f.name}.tmp{os.getpid()}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, f)
+        feats.append(np.load(f))
+    feats = np.concatenate(feats)
+    mu, sigma = feature_statistics(feats)
+    save_stats(path, RefStats(mu, sigma, len(feats), feats.astype(np.float32), tuple(images.shape[1:]),
+                              f"mnist test ({len(feats)} images)"))
+    return load_stats(path)
+
+
+def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF) -> list[dict]:
+    """Partial records (``fid`` and ``kid`` per sampling-step count of `entry`) of checkpoint `ckpt`;
+    a 10 x 10 grid of seed 0 goes to ``docs/quality/suite/``."""
+    from meanflow.evaluation import evaluate_images
+    from meanflow.sampling import generate_uint8
+    from meanflow.training.load import load_generator
+    from meanflow.utils.images import make_grid, save_png
+
+    ref = reference(ref_path)
+    method, net, _ = load_generator(ckpt)
+    method = dataclasses.replace(method, **dict(entry.sample_kwargs))
+    counted = CountCalls(net)
+    out = []
+    for k in entry.mnist_nfe:
+        t0, counted.calls = time.perf_counter(), 0
+        images = generate_uint8(method, counted, n, steps=k, seed=SAMPLE_SEED + seed, batch_size=250)
+        sample_s = time.perf_counter() - t0
+        if seed == 0:
+            save_png(make_grid(images[:100], ncol=10), GRIDS / f"mnist-{entry.name}-{k}step.png")
+        res = evaluate_images(images, ref, inception(), batch_size=50, progress=False,
+                              kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
+        extra = {"n": n, "n_ref": int(ref.n), "nfe_measured": counted.calls / -(-n // 250),
+                 "sample_s": round(sample_s, 2)}
+        out.append({"nfe": k, "metric": "fid", "value": res["fid"], **extra})
+        out.append({"nfe": k, "metric": "kid", "value": res["kid"], "kid_std": res["kid_std"], **extra})
+    return out

@@ -1,0 +1,191 @@
+"""Tables and plots generated from the records (`python -m benchmarks.suite report`).
+
+Every number is a mean over seeds with its 95% Student-t interval (``stats``), from the records of
+``docs/results/*.jsonl``. Each table goes between the markers ``<!-- suite:NAME:begin -->`` and
+``<!-- suite:NAME:end -->`` of docs/results.md (and a compact one into README.md); text outside the
+markers is written by hand and kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from benchmarks.suite import records
+from benchmarks.suite.spec import BY_NAME
+from benchmarks.suite.stats import Summary, disjoint, group
+from benchmarks.suite.suites import SUITES
+
+METRIC_LABEL = {"sliced_w2": "sliced W2", "energy": "energy", "precision": "precision", "recall": "recall",
+                "fid": "FID", "kid": "KID x 1000"}
+INTERVAL_NOTE = ("Each cell: mean over seeds ± the half-width of the two-sided 95% Student-t interval of "
+                 "the mean (t_{0.975, n-1} s / sqrt(n); 4.30 s / sqrt(3) for 3 seeds).")
+
+
+def label(name: str) -> str:
+    return "data (noise floor)" if name == "data" else (BY_NAME[name].label if name in BY_NAME else name)
+
+
+def update_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between the markers of `name` in `path` (appended when missing), atomically."""
+    begin, end = f"<!-- suite:{name}:begin -->", f"<!-- suite:{name}:end -->"
+    text = path.read_text() if path.is_file() else "# Measured quality\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _cell(s: Summary | None, metric: str) -> str:
+    if s is None:
+        return ""
+    if metric == "kid":
+        s = Summary(s.mean * 1000, s.half * 1000, s.n, s.values)
+    digits = {"sliced_w2": 3, "energy": 4, "precision": 2, "recall": 2, "fid": 1, "kid": 1}[metric]
+    return s.text(digits)
+
+
+def final_steps(summ: dict, setup: str, dataset: str, method: str, variant, run_steps: int) -> int | None:
+    """The largest ``train_steps`` measured for a row of a run length (its end of training)."""
+    got = [k[5] for k in summ if k[:5] == (setup, dataset, method, variant, run_steps)]
+    return max(got) if got else None
+
+
+def head_to_head(recs: list[dict], suite_name: str) -> str:
+    """Per data set: every entry at each of its step counts, at the end of training, all metrics."""
+    suite = SUITES[suite_name]
+    summ = group(recs)
+    metrics = ("sliced_w2", "energy", "precision", "recall") if suite.part == "toy" else ("fid", "kid")
+    lines = [f"Suite `{suite.name}` ({suite.description}); setup `{suite.setup}`: preset "
+             f"`{suite.preset}` with {', '.join(suite.base) or 'no overrides'}; "
+             f"{suite.samples:,} samples per measurement. "
+             + INTERVAL_NOTE, ""]
+    for ds in suite.datasets:
+        lines += [f"**{ds}**", "", "| method | steps | " + " | ".join(METRIC_LABEL[m] for m in metrics)
+                  + " | seeds | train steps |", "|---|---:|" + "---:|" * len(metrics) + "---:|---:|"]
+        for name in ("data", *suite.entries):
+            run_steps = 0 if name == "data" else suite.budget
+            last = final_steps(summ, suite.setup, ds, name, None, run_steps)
+            if last is None:
+                continue
+            nfes = [None] if name == "data" else BY_NAME[name].nfe(suite.part)
+            for k in nfes:
+                cells = [summ.get((suite.setup, ds, name, None, run_steps, last, k, m)) for m in metrics]
+                if all(c is None for c in cells):
+                    continue
+                n = max(c.n for c in cells if c is not None)
+                lines.append(f"| {label(name)} | {'-' if k is None else k} | "
+                             + " | ".join(_cell(c, m) for c, m in zip(cells, metrics))
+                             + f" | {n} | {last if name != 'data' else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def best_text(summ: dict, suite, ds: str, name: str, metric: str) -> tuple[str, str]:
+    """(1-step cell, best multi-step cell ``"value (k)"``) of one entry on one data set."""
+    last = final_steps(summ, suite.setup, ds, name, None, suite.budget)
+    if last is None:
+        return "", ""
+    cells = {k: summ.get((suite.setup, ds, name, None, suite.budget, last, k, metric))
+             for k in BY_NAME[name].nfe(suite.part)}
+    cells = {k: c for k, c in cells.items() if c is not None}
+    one = _cell(cells.get(1), metric)
+    multi = {k: c for k, c in cells.items() if k != 1}
+    if not multi:
+        return one, ""
+    k = min(multi, key=lambda j: multi[j].mean)
+    return one, f"{_cell(multi[k], metric)} ({k})"
+
+
+def compact(recs: list[dict], suite_name: str = "toy", metric: str = "sliced_w2") -> str:
+    """README table: per entry, the 1-step value and the best multi-step value on each data set."""
+    suite = SUITES[suite_name]
+    summ = group(recs)
+    head = "| method | " + " | ".join(f"{ds} 1 step | best k (k)" for ds in suite.datasets) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(suite.datasets)]
+    floor = []
+    for ds in suite.datasets:
+        s = summ.get((suite.setup, ds, "data", None, 0, 0, None, metric))
+        floor.append(_cell(s, metric) if s else "")
+    lines.append("| data (noise floor) | " + " | ".join(f"{f} | " for f in floor) + "|")
+    for name in suite.entries:
+        cells = [c for ds in suite.datasets for c in best_text(summ, suite, ds, name, metric)]
+        if any(cells):
+            lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variants_table(recs: list[dict], suite_name: str, metric: str = "sliced_w2", nfes=(1, 2)) -> str:
+    """Ablation table: each variant beside the default, per data set and step count; a cell is bold where
+    its interval and the default's do not overlap (the difference is clear at this number of seeds)."""
+    suite = SUITES[suite_name]
+    summ = group(recs)
+    head = "| group | variant | " + " | ".join(f"{ds} {k} step{'s' if k > 1 else ''}"
+                                              for ds in suite.datasets for k in nfes) + " | seeds |"
+    lines = [head, "|---|---|" + "---:|" * (len(suite.datasets) * len(nfes)) + "---:|"]
+    for v in (None, *[v for v in suite.variants if v.name]):
+        vname = None if v is None else v.name
+        cells, n = [], 0
+        for ds in suite.datasets:
+            last = final_steps(summ, suite.setup, ds, "meanflow", vname, suite.budget)
+            for k in nfes:
+                s = summ.get((suite.setup, ds, "meanflow", vname, suite.budget, last, k, metric))
+                d = summ.get((suite.setup, ds, "meanflow", None, suite.budget, last, k, metric))
+                txt = _cell(s, metric)
+                cells.append(f"**{txt}**" if s and d and vname and disjoint(s, d) else txt)
+                n = max(n, s.n if s else 0)
+        if n:
+            lines.append(f"| {'default' if v is None else v.group} | "
+                         f"{'ratio 0.25, LN(-0.4, 1) sorted, p = 1, (v, 0, 1)' if v is None else v.label} | "
+                         + " | ".join(cells) + f" | {n} |")
+    return "\n".join(lines)
+
+
+def curves_table(recs: list[dict], suite_name: str = "curves", metric: str = "sliced_w2") -> str:
+    """Per data set, entry and step count: the metric at each measured training step."""
+    suite = SUITES[suite_name]
+    summ = group(recs)
+    pts = suite.eval_points
+    lines = []
+    for ds in suite.datasets:
+        lines += [f"**{ds}** ({METRIC_LABEL[metric]})", "",
+                  "| method | steps | " + " | ".join(f"{p:,}" for p in pts) + " |",
+                  "|---|---:|" + "---:|" * len(pts)]
+        for name in suite.entries:
+            for k in BY_NAME[name].nfe(suite.part):
+                cells = [summ.get((suite.setup, ds, name, None, suite.budget, p, k, metric)) for p in pts]
+                if any(cells):
+                    row = " | ".join(_cell(c, metric) for c in cells)
+                    lines.append(f"| {label(name)} | {k} | {row} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_all(results_dir: Path, markdown: Path, readme: Path, plots: Path) -> None:
+    """Regenerate every section whose suite has records (and the curve plots)."""
+    recs = records.load([results_dir])
+    setups = {s.setup for s in SUITES.values()}
+    have = {(r["setup"], r.get("suite")) for r in recs}
+    for name, suite in SUITES.items():
+        if name == "smoke" or not any(s == suite.setup and (su == name) for s, su in have):
+            continue
+        mine = [r for r in recs if r["setup"] == suite.setup]
+        metric = "sliced_w2" if suite.part == "toy" else "fid"
+        if suite.variants[0].name == "" and len(suite.variants) == 1 and not suite.points:
+            update_section(markdown, name, head_to_head(mine, name))
+        elif suite.points:
+            from benchmarks.suite.plots import plot_curves
+
+            files = plot_curves(mine, suite, plots)
+            links = "".join(f"![{f.stem}]({os.path.relpath(f, markdown.parent)})\n" for f in files)
+            update_section(markdown, name, links + "\n" + curves_table(mine, name, metric))
+        else:
+            update_section(markdown, name, variants_table(mine, name, metric))
+    if any(r.get("suite") == "toy" for r in recs) and readme.is_file():
+        update_section(readme, "toy", compact([r for r in recs if r["setup"] in setups]))

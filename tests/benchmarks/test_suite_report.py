@@ -1,0 +1,54 @@
+"""Tables generated from records: the head-to-head, the ablation table, the curves table and the section
+markers of docs/results.md."""
+
+from benchmarks.suite import report
+from benchmarks.suite.suites import SUITES
+
+
+def _rec(method, seed, value, nfe=1, variant=None, dataset="checkerboard", train_steps=2000, run_steps=2000,
+         metric="sliced_w2"):
+    return {"setup": "mlp128-b256", "dataset": dataset, "method": method, "variant": variant,
+            "run_steps": run_steps, "train_steps": train_steps, "seed": seed, "nfe": nfe, "metric": metric,
+            "value": value, "suite": "toy"}
+
+
+def test_update_section_keeps_hand_written_text(tmp_path):
+    md = tmp_path / "r.md"
+    md.write_text("# Title\n\nhand-written note\n")
+    report.update_section(md, "toy", "first\n")
+    report.update_section(md, "ablations", "second\n")
+    report.update_section(md, "toy", "third\n")
+    text = md.read_text()
+    assert "hand-written note" in text and "third" in text and "second" in text and "first" not in text
+    assert text.count("<!-- suite:toy:begin -->") == 1
+
+
+def test_head_to_head_rows_carry_mean_interval_and_seeds():
+    recs = [_rec("meanflow", s, v) for s, v in enumerate((0.10, 0.12, 0.14))]
+    recs += [_rec("cd", s, 0.2, train_steps=4000) for s in range(3)]  # a teacher's steps counted
+    recs += [_rec("data", s, 0.03, nfe=None, train_steps=0, run_steps=0) for s in range(3)]
+    text = report.head_to_head(recs, "toy")
+    # mean 0.12, sd 0.02, half = 4.3027 * 0.02 / sqrt(3) = 0.0497
+    assert "| MeanFlow | 1 | 0.120 ± 0.050 |" in text and "| 3 | 2000 |" in text
+    assert "| consistency distillation (CD, Heun; FM teacher) | 1 | 0.200 ± 0.000 |" in text and "| 4000 |" in text
+    assert "| data (noise floor) | - | 0.030 ± 0.000 |" in text
+    compact = report.compact(recs)
+    assert "| MeanFlow | 0.120 ± 0.050 |" in compact
+
+
+def test_ablation_table_marks_clear_differences():
+    recs = [_rec("meanflow", s, 0.10 + 0.001 * s, nfe=k) for s in range(3) for k in (1, 2)]
+    recs += [_rec("meanflow", s, 0.30 + 0.001 * s, nfe=1, variant="ratio0") for s in range(3)]
+    recs += [_rec("meanflow", s, 0.10 + 0.01 * s, nfe=2, variant="ratio0") for s in range(3)]
+    text = report.variants_table(recs, "ablations")
+    row = next(line for line in text.splitlines() if "0%" in line)
+    assert "**0.301 ± 0.002**" in row  # clearly worse at 1 step: bold
+    assert "| 0.110 ± 0.025 |" in row  # overlapping at 2 steps: plain
+
+
+def test_curves_table_lists_each_point():
+    recs = [_rec("meanflow", s, v, train_steps=p, run_steps=20000)
+            for p, v in ((500, 0.3), (2000, 0.1)) for s in range(3)]
+    text = report.curves_table(recs, "curves")
+    assert "| MeanFlow | 1 | 0.300 ± 0.000 |  | 0.100 ± 0.000 |" in text
+    assert SUITES["curves"].eval_points == (500, 1000, 2000, 5000, 10000, 20000)

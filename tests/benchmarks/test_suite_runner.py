@@ -1,0 +1,93 @@
+"""The runner end to end on the smoke suite (2 methods x 2 seeds x 50 steps, one 2-D set): valid records,
+a second invocation redoes nothing, a half-finished suite resumes without redoing finished records."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.suite import records
+from benchmarks.suite.__main__ import main
+from benchmarks.suite.jobs import METRICS, expand, owed_keys
+from benchmarks.suite.runner import run_suite
+from benchmarks.suite.suites import SUITES
+from benchmarks.suite.train import latest_run, train_to
+
+SMOKE = SUITES["smoke"]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread):
+    out, res = tmp_path / "runs", tmp_path / "smoke.jsonl"
+    jobs = {j.id: j for j in expand(SMOKE, out)}
+    assert len(jobs) == 4
+    # A half-finished suite: one run stopped at step 25 of 50, before the runner starts.
+    first = jobs["checkerboard/meanflow/seed0"]
+    train_to(SMOKE, first, 25, {j.id: j.run_dir for j in jobs.values()}, threads=1)
+    summary = run_suite(SMOKE, out=out, results=res, jobs=2)
+    assert summary["failed"] == {} and summary["done"] == 4
+    recs = _lines(res)
+    owed = {k for j in jobs.values() for keys in owed_keys(SMOKE, j).values() for k in keys}
+    floor = {(r["dataset"], r["seed"], r["metric"]) for r in recs if r["method"] == "data"}
+    assert {records.key_of(r) for r in recs if r["method"] != "data"} == owed
+    assert floor == {("checkerboard", s, m) for s in (0, 1) for m in METRICS["toy"]}
+    for r in recs:
+        assert set(records.REQUIRED) <= set(r), r
+        assert r["value"] == r["value"] and r["value"] >= (0 if r["metric"] != "energy" else -0.05)
+        if r["method"] != "data":
+            assert r["train_steps"] == 50 and r["run_steps"] == 50 and r["wall_s"] > 0
+    segs = json.loads((latest_run(Path(first.run_dir)) / "suite_train.json").read_text())["segments"]
+    assert [(s["from"], s["to"]) for s in segs] == [(0, 25), (25, 50)]  # resumed, not restarted
+    runs_before = sorted(Path(out).rglob("checkpoints/*.safetensors"))
+
+    # Nothing missing: nothing runs, nothing is appended.
+    summary = run_suite(SMOKE, out=out, results=res, jobs=2)
+    assert summary["run"] == 0 and len(_lines(res)) == len(recs)
+
+    # Records of one job lost: only that job is measured again, from its finished run (no training).
+    keep = [r for r in recs if not (r["method"] == "flow_matching" and r["seed"] == 1)]
+    res.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    summary = run_suite(SMOKE, out=out, results=res, jobs=1)
+    assert summary["run"] == 1
+    again = records.load([res])
+    assert {records.key_of(r) for r in again if r["method"] != "data"} == owed
+    redone = {records.key_of(r): r["value"] for r in again if r["method"] == "flow_matching" and r["seed"] == 1}
+    before = {records.key_of(r): r["value"] for r in recs if r["method"] == "flow_matching" and r["seed"] == 1}
+    assert redone == before  # the same checkpoint measured again gives the same figures
+    assert sorted(Path(out).rglob("checkpoints/*.safetensors")) == runs_before
+
+
+def test_chains_count_their_upstream_steps():
+    jobs = {j.id: j for j in expand(SUITES["toy"], Path("/tmp/x"), datasets=["moons"], seeds=[0])}
+    offsets = {j.entry: j.chain_offset + j.steps for j in jobs.values() if j.trains}
+    assert offsets["meanflow"] == offsets["reflow"] == offsets["distill"] == offsets["meanflow_ft"] == 2000
+    assert offsets["cd"] == 4000  # the flow-matching teacher's steps are counted and stated
+    assert jobs["moons/reflow/seed0"].upstream == (("init_from", "moons/rf1/seed0"), ("pairs_from", "moons/rf1/seed0"))
+    assert jobs["moons/rf1/seed0"].makes_pairs and not jobs["moons/rf1/seed0"].points
+    assert jobs["moons/score_sde_ode/seed0"].run_dir == jobs["moons/score_sde/seed0"].run_dir
+    abl = expand(SUITES["ablations"], Path("/tmp/x"), seeds=[0],
+                 variants=["ratio0", ""])
+    assert sorted(j.id for j in abl) == ["8gaussians/meanflow/seed0", "8gaussians/meanflow@ratio0/seed0",
+                                         "checkerboard/meanflow/seed0", "checkerboard/meanflow@ratio0/seed0"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for argv, msg in ((["run", "nope"], "unknown suite"), (["run", "smoke", "--methods", "nope"], "unknown method"),
+                      (["run", "smoke", "--datasets", "moons"], "unknown data set"),
+                      (["run", "smoke", "--seeds", "a"], "--seeds expects")):
+        p = subprocess.run([sys.executable, "-m", "benchmarks.suite", *argv, "--out", str(tmp_path), "--dry-run"],
+                           cwd=root, capture_output=True, text=True)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    with pytest.raises(ValueError, match="another runner"):
+        from benchmarks.suite.runner import exclusive
+
+        with exclusive(tmp_path), exclusive(tmp_path):
+            pass
+    assert main(["run", "smoke", "--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--dry-run"]) == 0
