@@ -75,9 +75,9 @@ def main(argv=None) -> int:
         return 0
     if args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
-    if args.jobs < 1 or args.threads < 1:
+    if args.command == "run" and (args.jobs < 1 or args.threads < 1):
         raise ValueError("--jobs and --threads must be >= 1")
-    if args.device not in ("cpu", "cuda"):
+    if args.command == "run" and args.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
     suite = SUITES[args.suite]
     if args.command == "diagnose" and suite.part != "toy":

@@ -167,6 +167,47 @@ def curves_table(recs: list[dict], suite_name: str = "curves", metric: str = "sl
     return "\n".join(lines)
 
 
+def diagnosis_tables(recs: list[dict], setup: str = "mlp128-b256") -> str:
+    """The k-step diagnosis (``diagnose``): per data set, the default MeanFlow's error on each sampler
+    interval beside how often its (t, r) sampler trains near that interval; then the error of the
+    1-, 2- and 4-step samples against the reference flow across variants and training lengths."""
+    from benchmarks.suite.diagnose import INTERVALS
+
+    recs = [r for r in recs if r["setup"] == setup and str(r.get("suite", "")).startswith("diagnose")]
+    summ = group(recs)
+    lines = []
+    for ds in dict.fromkeys(r["dataset"] for r in recs):
+        base = (setup, ds, "meanflow", None)
+        steps = sorted({k[5] for k in summ if k[:4] == base and k[5] > 0})
+        last = 2000 if 2000 in steps else (steps[-1] if steps else None)
+        lines += [f"**{ds}**: MeanFlow (default settings) after {last} steps, per sampler interval", "",
+                  "| sampler | interval (r, t) | P(a training pair within 0.05) | u RMSE vs exact | "
+                  "step error (t - r) x RMSE |", "|---:|---|---:|---:|---:|"]
+        for k, ivs in INTERVALS.items():
+            for r, t in ivs:
+                if k > 1 and (r, t) == (0.0, 1.0):
+                    continue
+                tag = f"[{r:g},{t:g}]"
+                cov = summ.get((*base, 2000, 0, k, f"coverage{tag}"))
+                u = summ.get((*base, 2000, last, k, f"u_rmse{tag}"))
+                d = summ.get((*base, 2000, last, k, f"disp_rmse{tag}"))
+                lines.append(f"| {k} | ({r:g}, {t:g}) | {'' if cov is None else f'{cov.mean:.2e}'} | "
+                             f"{'' if u is None else u.text(3)} | {'' if d is None else d.text(3)} |")
+        lines += ["", f"**{ds}**: RMSE of the k-step sample against the exact flow's endpoint for the "
+                  "same noise", "",
+                  "| variant | run steps | train steps | 1 step | 2 steps | 4 steps | seeds |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = sorted({(k[3] or "", k[4], k[5]) for k in summ if k[1] == ds and k[7] == "coupling_rmse"})
+        for variant, run_steps, train_steps in rows:
+            head = (setup, ds, "meanflow", variant or None, run_steps, train_steps)
+            cells = [summ.get((*head, k, "coupling_rmse")) for k in (1, 2, 4)]
+            n = max((c.n for c in cells if c), default=0)
+            lines.append(f"| {variant or 'default'} | {run_steps} | {train_steps} | "
+                         + " | ".join("" if c is None else c.text(3) for c in cells) + f" | {n} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_all(results_dir: Path, markdown: Path, readme: Path, plots: Path) -> None:
     """Regenerate every section whose suite has records (and the curve plots)."""
     recs = records.load([results_dir])
@@ -187,5 +228,7 @@ def write_all(results_dir: Path, markdown: Path, readme: Path, plots: Path) -> N
             update_section(markdown, name, links + "\n" + curves_table(mine, name, metric))
         else:
             update_section(markdown, name, variants_table(mine, name, metric))
+    if any(str(r.get("suite", "")).startswith("diagnose") for r in recs):
+        update_section(markdown, "diagnosis", diagnosis_tables(recs))
     if any(r.get("suite") == "toy" for r in recs) and readme.is_file():
         update_section(readme, "toy", compact([r for r in recs if r["setup"] in setups]))

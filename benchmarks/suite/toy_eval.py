@@ -34,6 +34,10 @@ class CountCalls(torch.nn.Module):
             return getattr(self.net, name)
 
 
+_RADII: dict = {}  # held-out set's data pointer -> (the set, its k-NN radii), per process
+_HELD: dict = {}
+
+
 def heldout(dataset: str, n: int, seed: int = 0) -> torch.Tensor:
     """The held-out points ``[n, 2]``: the data set's ``test`` split."""
     from meanflow.data import build_dataset
@@ -43,11 +47,26 @@ def heldout(dataset: str, n: int, seed: int = 0) -> torch.Tensor:
 
 def distances(x: torch.Tensor, held: torch.Tensor) -> dict[str, float]:
     """``{sliced_w2, energy, precision, recall}`` of samples ``x`` [N, 2] against ``held`` [M, 2]."""
-    from meanflow.evaluation.toy_metrics import energy_distance, knn_precision_recall, sliced_wasserstein
+    from meanflow.evaluation.toy_metrics import (
+        energy_distance,
+        knn_precision_recall,
+        knn_radii,
+        sliced_wasserstein,
+    )
 
-    prec, rec = knn_precision_recall(x, held, k=3)
+    key = (held.data_ptr(), tuple(held.shape))  # the held-out set's radii, once per process
+    if key not in _RADII:
+        _RADII[key] = (held, knn_radii(held, 3))
+    prec, rec = knn_precision_recall(x, held, k=3, real_radii=_RADII[key][1])
     return {"sliced_w2": sliced_wasserstein(x, held), "energy": energy_distance(x, held),
             "precision": prec, "recall": rec}
+
+
+def _held(dataset: str, n: int) -> torch.Tensor:
+    """`heldout(dataset, n)`, kept for the process (so that its k-NN radii are computed once)."""
+    if (dataset, n) not in _HELD:
+        _HELD[dataset, n] = heldout(dataset, n)
+    return _HELD[dataset, n]
 
 
 def noise_floor(dataset: str, n: int, seed: int) -> list[dict]:

@@ -24,7 +24,9 @@ def test_posterior_mean_picks_the_nearest_point_at_small_t():
 def test_coverage_of_the_uniform_sorted_sampler():
     # t, r ~ U(0, 1) sorted, every pair r != t: density 2 on r < t. The box |r - 0.5| <= 0.05, |t - 1| <= 0.05
     # holds 0.1 x 0.05 of it: probability 0.01; the box around (0.25, 0.5) lies inside r < t: 0.02.
-    got = {p["metric"]: p["value"] for p in diagnose.coverage({"ratio": 1.0, "time_dist": "uniform"}, 400_000)}
+    got = {
+        p["metric"]: p["value"] for p in diagnose.coverage({"ratio": 1.0, "time_dist": "uniform"}, 400_000)
+    }
     assert got["coverage[0.5,1]"] == pytest.approx(0.01, rel=0.1)
     assert got["coverage[0.25,0.5]"] == pytest.approx(0.02, rel=0.1)
     assert got["coverage[0,1]"] == pytest.approx(2 * 0.05 * 0.05, rel=0.15)

@@ -6,9 +6,22 @@ from benchmarks.suite import records
 
 
 def _rec(seed, value, **kw):
-    return {"setup": "s", "dataset": "checkerboard", "method": "meanflow", "variant": None, "run_steps": 50,
-            "train_steps": 50, "seed": seed, "nfe": 1, "metric": "sliced_w2", "value": value, "commit": "x",
-            "device": "cpu", "wall_s": 1.0, **kw}
+    return {
+        "setup": "s",
+        "dataset": "checkerboard",
+        "method": "meanflow",
+        "variant": None,
+        "run_steps": 50,
+        "train_steps": 50,
+        "seed": seed,
+        "nfe": 1,
+        "metric": "sliced_w2",
+        "value": value,
+        "commit": "x",
+        "device": "cpu",
+        "wall_s": 1.0,
+        **kw,
+    }
 
 
 def test_append_and_load_keep_the_last_record_of_a_key(tmp_path):

@@ -5,11 +5,30 @@ from benchmarks.suite import report
 from benchmarks.suite.suites import SUITES
 
 
-def _rec(method, seed, value, nfe=1, variant=None, dataset="checkerboard", train_steps=2000, run_steps=2000,
-         metric="sliced_w2"):
-    return {"setup": "mlp128-b256", "dataset": dataset, "method": method, "variant": variant,
-            "run_steps": run_steps, "train_steps": train_steps, "seed": seed, "nfe": nfe, "metric": metric,
-            "value": value, "suite": "toy"}
+def _rec(
+    method,
+    seed,
+    value,
+    nfe=1,
+    variant=None,
+    dataset="checkerboard",
+    train_steps=2000,
+    run_steps=2000,
+    metric="sliced_w2",
+):
+    return {
+        "setup": "mlp128-b256",
+        "dataset": dataset,
+        "method": method,
+        "variant": variant,
+        "run_steps": run_steps,
+        "train_steps": train_steps,
+        "seed": seed,
+        "nfe": nfe,
+        "metric": metric,
+        "value": value,
+        "suite": "toy",
+    }
 
 
 def test_update_section_keeps_hand_written_text(tmp_path):
@@ -30,7 +49,10 @@ def test_head_to_head_rows_carry_mean_interval_and_seeds():
     text = report.head_to_head(recs, "toy")
     # mean 0.12, sd 0.02, half = 4.3027 * 0.02 / sqrt(3) = 0.0497
     assert "| MeanFlow | 1 | 0.120 ± 0.050 |" in text and "| 3 | 2000 |" in text
-    assert "| consistency distillation (CD, Heun; FM teacher) | 1 | 0.200 ± 0.000 |" in text and "| 4000 |" in text
+    assert (
+        "| consistency distillation (CD, Heun; FM teacher) | 1 | 0.200 ± 0.000 |" in text
+        and "| 4000 |" in text
+    )
     assert "| data (noise floor) | - | 0.030 ± 0.000 |" in text
     compact = report.compact(recs)
     assert "| MeanFlow | 0.120 ± 0.050 |" in compact
@@ -47,8 +69,11 @@ def test_ablation_table_marks_clear_differences():
 
 
 def test_curves_table_lists_each_point():
-    recs = [_rec("meanflow", s, v, train_steps=p, run_steps=20000)
-            for p, v in ((500, 0.3), (2000, 0.1)) for s in range(3)]
+    recs = [
+        _rec("meanflow", s, v, train_steps=p, run_steps=20000)
+        for p, v in ((500, 0.3), (2000, 0.1))
+        for s in range(3)
+    ]
     text = report.curves_table(recs, "curves")
     assert "| MeanFlow | 1 | 0.300 ± 0.000 |  | 0.100 ± 0.000 |" in text
     assert SUITES["curves"].eval_points == (500, 1000, 2000, 5000, 10000, 20000)

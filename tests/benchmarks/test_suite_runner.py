@@ -20,7 +20,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread):
+def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread, monkeypatch):
     out, res = tmp_path / "runs", tmp_path / "smoke.jsonl"
     jobs = {j.id: j for j in expand(SMOKE, out)}
     assert len(jobs) == 4
@@ -54,10 +54,30 @@ def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread):
     assert summary["run"] == 1
     again = records.load([res])
     assert {records.key_of(r) for r in again if r["method"] != "data"} == owed
-    redone = {records.key_of(r): r["value"] for r in again if r["method"] == "flow_matching" and r["seed"] == 1}
-    before = {records.key_of(r): r["value"] for r in recs if r["method"] == "flow_matching" and r["seed"] == 1}
+    redone = {
+        records.key_of(r): r["value"] for r in again if r["method"] == "flow_matching" and r["seed"] == 1
+    }
+    before = {
+        records.key_of(r): r["value"] for r in recs if r["method"] == "flow_matching" and r["seed"] == 1
+    }
     assert redone == before  # the same checkpoint measured again gives the same figures
     assert sorted(Path(out).rglob("checkpoints/*.safetensors")) == runs_before
+
+    # The k-step diagnosis of the MeanFlow runs through the command line (a small reference for speed).
+    from benchmarks.suite import diagnose
+
+    monkeypatch.setattr(diagnose, "N_REF", 256)
+    monkeypatch.setattr(diagnose, "B", 64)
+    diag = tmp_path / "diagnosis.jsonl"
+    assert main(["diagnose", "smoke", "--out", str(out), "--results", str(diag)]) == 0
+    got = records.load([diag])
+    coupling = {(r["seed"], r["nfe"]) for r in got if r["metric"] == "coupling_rmse"}
+    assert coupling == {(s, k) for s in (0, 1) for k in (1, 2, 4)}
+    assert {r["method"] for r in got} == {"meanflow"} and all(r["value"] >= 0 for r in got)
+    assert any(r["metric"] == "coverage[0.5,1]" and r["train_steps"] == 0 for r in got)
+    n = len(diag.read_text().splitlines())
+    assert main(["diagnose", "smoke", "--out", str(out), "--results", str(diag)]) == 0
+    assert len(diag.read_text().splitlines()) == n  # nothing redone
 
 
 def test_chains_count_their_upstream_steps():
@@ -65,13 +85,19 @@ def test_chains_count_their_upstream_steps():
     offsets = {j.entry: j.chain_offset + j.steps for j in jobs.values() if j.trains}
     assert offsets["meanflow"] == offsets["reflow"] == offsets["distill"] == offsets["meanflow_ft"] == 2000
     assert offsets["cd"] == 4000  # the flow-matching teacher's steps are counted and stated
-    assert jobs["moons/reflow/seed0"].upstream == (("init_from", "moons/rf1/seed0"), ("pairs_from", "moons/rf1/seed0"))
+    assert jobs["moons/reflow/seed0"].upstream == (
+        ("init_from", "moons/rf1/seed0"),
+        ("pairs_from", "moons/rf1/seed0"),
+    )
     assert jobs["moons/rf1/seed0"].makes_pairs and not jobs["moons/rf1/seed0"].points
     assert jobs["moons/score_sde_ode/seed0"].run_dir == jobs["moons/score_sde/seed0"].run_dir
-    abl = expand(SUITES["ablations"], Path("/tmp/x"), seeds=[0],
-                 variants=["ratio0", ""])
-    assert sorted(j.id for j in abl) == ["8gaussians/meanflow/seed0", "8gaussians/meanflow@ratio0/seed0",
-                                         "checkerboard/meanflow/seed0", "checkerboard/meanflow@ratio0/seed0"]
+    abl = expand(SUITES["ablations"], Path("/tmp/x"), seeds=[0], variants=["ratio0", ""])
+    assert sorted(j.id for j in abl) == [
+        "8gaussians/meanflow/seed0",
+        "8gaussians/meanflow@ratio0/seed0",
+        "checkerboard/meanflow/seed0",
+        "checkerboard/meanflow@ratio0/seed0",
+    ]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -79,15 +105,25 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    for argv, msg in ((["run", "nope"], "unknown suite"), (["run", "smoke", "--methods", "nope"], "unknown method"),
-                      (["run", "smoke", "--datasets", "moons"], "unknown data set"),
-                      (["run", "smoke", "--seeds", "a"], "--seeds expects")):
-        p = subprocess.run([sys.executable, "-m", "benchmarks.suite", *argv, "--out", str(tmp_path), "--dry-run"],
-                           cwd=root, capture_output=True, text=True)
+    for argv, msg in (
+        (["run", "nope"], "unknown suite"),
+        (["run", "smoke", "--methods", "nope"], "unknown method"),
+        (["run", "smoke", "--datasets", "moons"], "unknown data set"),
+        (["run", "smoke", "--seeds", "a"], "--seeds expects"),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "benchmarks.suite", *argv, "--out", str(tmp_path), "--dry-run"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
         assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     with pytest.raises(ValueError, match="another runner"):
         from benchmarks.suite.runner import exclusive
 
         with exclusive(tmp_path), exclusive(tmp_path):
             pass
-    assert main(["run", "smoke", "--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--dry-run"]) == 0
+    assert (
+        main(["run", "smoke", "--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--dry-run"])
+        == 0
+    )

@@ -12,7 +12,9 @@ def test_interval_of_three_seeds_by_hand():
     s = summarize([1.0, 2.0, 3.0])
     assert s.mean == 2.0 and s.n == 3
     assert s.half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
-    assert s.low == pytest.approx(2.0 - 2.484138, abs=1e-6) and s.high == pytest.approx(2.0 + 2.484138, abs=1e-6)
+    assert s.low == pytest.approx(2.0 - 2.484138, abs=1e-6) and s.high == pytest.approx(
+        2.0 + 2.484138, abs=1e-6
+    )
     assert s.text(2) == "2.00 ± 2.48"
 
 
@@ -33,7 +35,20 @@ def test_one_seed_has_no_interval():
 def test_disjoint_and_grouping_over_seeds():
     a, b = summarize([1.0, 1.1, 0.9]), summarize([2.0, 2.1, 1.9])
     assert disjoint(a, b) and not disjoint(a, summarize([1.2, 0.8, 1.0]))
-    recs = [{"setup": "s", "dataset": "d", "method": "m", "variant": None, "run_steps": 10, "train_steps": 10,
-             "nfe": 1, "metric": "sliced_w2", "seed": seed, "value": v} for seed, v in enumerate([1.0, 2.0, 3.0])]
-    (key, s), = group(recs).items()
+    recs = [
+        {
+            "setup": "s",
+            "dataset": "d",
+            "method": "m",
+            "variant": None,
+            "run_steps": 10,
+            "train_steps": 10,
+            "nfe": 1,
+            "metric": "sliced_w2",
+            "seed": seed,
+            "value": v,
+        }
+        for seed, v in enumerate([1.0, 2.0, 3.0])
+    ]
+    ((key, s),) = group(recs).items()
     assert key == ("s", "d", "m", None, 10, 10, 1, "sliced_w2") and s.values == (1.0, 2.0, 3.0)
