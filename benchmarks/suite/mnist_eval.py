@@ -40,8 +40,9 @@ def inception():
     return _CACHE["model"]
 
 
-def reference(path: Path = REF, images: np.ndarray | None = None):
-    """Inception statistics of the MNIST test set (or of `images`), computed in chunks and cached."""
+def reference(path: Path = REF, images: np.ndarray | None = None, source: str = "mnist test"):
+    """Inception statistics of the MNIST test set (or of `images`, named `source`), computed in chunks
+    (an interrupted computation resumes from them) and cached at `path`; the chunks are removed."""
     from meanflow.evaluation import RefStats, dataset_images, extract_features, load_stats, save_stats
     from meanflow.evaluation.fid import feature_statistics
 
@@ -63,7 +64,10 @@ def reference(path: Path = REF, images: np.ndarray | None = None):
     feats = np.concatenate(feats)
     mu, sigma = feature_statistics(feats)
     save_stats(path, RefStats(mu, sigma, len(feats), feats.astype(np.float32), tuple(images.shape[1:]),
-                              f"mnist test ({len(feats)} images)"))
+                              f"{source} ({len(feats)} images)"))
+    for f in chunks.iterdir():
+        f.unlink()
+    chunks.rmdir()
     return load_stats(path)
 
 
