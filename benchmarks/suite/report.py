@@ -80,18 +80,36 @@ def head_to_head(recs: list[dict], suite_name: str) -> str:
                 if all(c is None for c in cells):
                     continue
                 n = max(c.n for c in cells if c is not None)
-                lines.append(f"| {label(name)} | {'-' if k is None else k} | "
+                steps = "-" if k is None else ("adaptive" if adaptive(name) else k)
+                lines.append(f"| {label(name)} | {steps} | "
                              + " | ".join(_cell(c, m) for c, m in zip(cells, metrics))
                              + f" | {n} | {last if name != 'data' else '-'} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def best_text(summ: dict, suite, ds: str, name: str, metric: str) -> tuple[str, str]:
-    """(1-step cell, best multi-step cell ``"value (k)"``) of one entry on one data set."""
+def adaptive(name: str) -> bool:
+    """Whether the entry's sampler picks its own steps (its ``nfe`` field is 1 sampler call)."""
+    return dict(BY_NAME[name].sample_kwargs).get("ode_solver") == "rk45" if name in BY_NAME else False
+
+
+def measured_nfe(recs: list[dict], ds: str, name: str) -> float | None:
+    """Mean network evaluations per sample that an adaptive sampler took, over its records."""
+    got = [r["nfe_measured"] for r in recs if r["dataset"] == ds and r["method"] == name
+           and r.get("nfe_measured") is not None]
+    return sum(got) / len(got) if got else None
+
+
+def best_text(summ: dict, suite, ds: str, name: str, metric: str, nfe_used: float | None = None
+              ) -> tuple[str, str]:
+    """(1-step cell, best multi-step cell ``"value (k)"``) of one entry on one data set; an adaptive
+    sampler's value goes in the second cell with its measured NFE (`nfe_used`)."""
     last = final_steps(summ, suite.setup, ds, name, None, suite.budget)
     if last is None:
         return "", ""
+    if adaptive(name):
+        s = summ.get((suite.setup, ds, name, None, suite.budget, last, 1, metric))
+        return "", "" if s is None else f"{_cell(s, metric)} (adaptive, {nfe_used or 0:.0f} NFE)"
     cells = {k: summ.get((suite.setup, ds, name, None, suite.budget, last, k, metric))
              for k in BY_NAME[name].nfe(suite.part)}
     cells = {k: c for k, c in cells.items() if c is not None}
@@ -115,7 +133,8 @@ def compact(recs: list[dict], suite_name: str = "toy", metric: str = "sliced_w2"
         floor.append(_cell(s, metric) if s else "")
     lines.append("| data (noise floor) | " + " | ".join(f"{f} | " for f in floor) + "|")
     for name in suite.entries:
-        cells = [c for ds in suite.datasets for c in best_text(summ, suite, ds, name, metric)]
+        cells = [c for ds in suite.datasets
+                 for c in best_text(summ, suite, ds, name, metric, measured_nfe(recs, ds, name))]
         if any(cells):
             lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
