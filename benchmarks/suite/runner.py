@@ -1,11 +1,12 @@
 """The scheduler: which jobs of a suite still owe records, in which order, on how many workers.
 
-A job is *due* when a record it owes is missing from the results file(s); a job is *needed* when it
-is due or when a due job trains on its run (teacher, first stage, pairs) and that run is not already
-finished on disk. Needed jobs run in worker processes (`jobs` at a time, `threads` each), each as soon
-as its upstream jobs are done. Records are appended as each measurement finishes, so an interrupted
-suite loses at most the measurements in flight; running the same command again redoes only what is
-missing (training resumes from the newest checkpoint of each run).
+A job is *due* when a record it owes is missing from the results files (every ``*.jsonl`` beside the
+suite's own file: records are keyed by content, so a run that another suite measured counts); a job
+is *needed* when it is due or when a due job trains on its run (teacher, first stage, pairs) and that
+run is not already finished on disk. Needed jobs run in worker processes (`jobs` at a time, `threads`
+each), each as soon as its upstream jobs are done. Records are appended as each measurement finishes,
+so an interrupted suite loses at most the measurements in flight; running the same command again
+redoes only what is missing (training resumes from the newest checkpoint of each run).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run_suite(suite: Suite, *, out: Path, results: Path, datasets=None, methods=
     t0 = time.perf_counter()
     all_jobs = expand(suite, out, datasets=datasets, methods=methods, variants=variants, seeds=seeds,
                       device=device)
-    have = {records.key_of(r) for r in records.load([results])}
+    # Every records file beside `results` counts: a run measured by another suite is not measured again.
+    have = {records.key_of(r) for r in records.load([results.parent, results])}
     todo = plan(suite, all_jobs, have, train_only)
     order = [j for j in all_jobs if j.id in todo]
     log(f"suite {suite.name}: {len(all_jobs)} jobs, {len(order)} to run "

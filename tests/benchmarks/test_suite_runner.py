@@ -46,6 +46,9 @@ def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread, monkeypatch):
     # Nothing missing: nothing runs, nothing is appended.
     summary = run_suite(SMOKE, out=out, results=res, jobs=2)
     assert summary["run"] == 0 and len(_lines(res)) == len(recs)
+    # Records are keyed by content: another suite's file beside them finds nothing due either.
+    summary = run_suite(SMOKE, out=out, results=tmp_path / "other.jsonl", jobs=2)
+    assert summary["run"] == 0 and not (tmp_path / "other.jsonl").exists()
 
     # Records of one job lost: only that job is measured again, from its finished run (no training).
     keep = [r for r in recs if not (r["method"] == "flow_matching" and r["seed"] == 1)]
