@@ -140,7 +140,7 @@ def compact(recs: list[dict], suite_name: str = "toy", metric: str = "sliced_w2"
     return "\n".join(lines)
 
 
-def variants_table(recs: list[dict], suite_name: str, metric: str = "sliced_w2", nfes=(1, 2)) -> str:
+def variants_table(recs: list[dict], suite_name: str, metric: str = "sliced_w2", nfes=(1, 2, 4)) -> str:
     """Ablation table: each variant beside the default, per data set and step count; a cell is bold where
     its interval and the default's do not overlap (the difference is clear at this number of seeds)."""
     suite = SUITES[suite_name]

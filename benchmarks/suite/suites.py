@@ -52,6 +52,8 @@ RECIPE: tuple[Variant, ...] = (
     _v("capacity", "batch512", "batch 512 (the preset's)", "training.batch_size=512"),
     _v("capacity", "preset", "width 256 and batch 512 (the toy-2d preset)", "network.kwargs.hidden=256",
        "training.batch_size=512"),
+    _v("capacity", "preset-p0.5", "the toy-2d preset's width and batch with p = 0.5",
+       "network.kwargs.hidden=256", "training.batch_size=512", _K + "norm_p=0.5"),
     _v("optimisation", "lr3e-4", "lr 3e-4", "training.lr=0.0003"),
     _v("optimisation", "ema0.99", "EMA 0.99", "training.ema_decays=[0.99]"),
     _v("optimisation", "ema0.9999", "EMA 0.9999", "training.ema_decays=[0.9999]"),
