@@ -57,6 +57,17 @@ def final_steps(summ: dict, setup: str, dataset: str, method: str, variant, run_
     return max(got) if got else None
 
 
+def rows_of(suite) -> list[tuple[str, str | None, str]]:
+    """(entry, variant or None, label) of every row of a head-to-head: each entry, then each of the
+    suite's variants that applies to it."""
+    out = []
+    for name in suite.entries:
+        out.append((name, None, label(name)))
+        out += [(name, v.name, f"{label(name)}, {v.label}")
+                for v in suite.variants if v.name and name in v.entries]
+    return out
+
+
 def head_to_head(recs: list[dict], suite_name: str) -> str:
     """Per data set: every entry at each of its step counts, at the end of training, all metrics."""
     suite = SUITES[suite_name]
@@ -69,19 +80,19 @@ def head_to_head(recs: list[dict], suite_name: str) -> str:
     for ds in suite.datasets:
         lines += [f"**{ds}**", "", "| method | steps | " + " | ".join(METRIC_LABEL[m] for m in metrics)
                   + " | seeds | train steps |", "|---|---:|" + "---:|" * len(metrics) + "---:|---:|"]
-        for name in ("data", *suite.entries):
+        for name, variant, text in (("data", None, label("data")), *rows_of(suite)):
             run_steps = 0 if name == "data" else suite.budget
-            last = final_steps(summ, suite.setup, ds, name, None, run_steps)
+            last = final_steps(summ, suite.setup, ds, name, variant, run_steps)
             if last is None:
                 continue
             nfes = [None] if name == "data" else BY_NAME[name].nfe(suite.part)
             for k in nfes:
-                cells = [summ.get((suite.setup, ds, name, None, run_steps, last, k, m)) for m in metrics]
+                cells = [summ.get((suite.setup, ds, name, variant, run_steps, last, k, m)) for m in metrics]
                 if all(c is None for c in cells):
                     continue
                 n = max(c.n for c in cells if c is not None)
                 steps = "-" if k is None else ("adaptive" if adaptive(name) else k)
-                lines.append(f"| {label(name)} | {steps} | "
+                lines.append(f"| {text} | {steps} | "
                              + " | ".join(_cell(c, m) for c, m in zip(cells, metrics))
                              + f" | {n} | {last if name != 'data' else '-'} |")
         lines.append("")
@@ -100,17 +111,17 @@ def measured_nfe(recs: list[dict], ds: str, name: str) -> float | None:
     return sum(got) / len(got) if got else None
 
 
-def best_text(summ: dict, suite, ds: str, name: str, metric: str, nfe_used: float | None = None
-              ) -> tuple[str, str]:
-    """(1-step cell, best multi-step cell ``"value (k)"``) of one entry on one data set; an adaptive
-    sampler's value goes in the second cell with its measured NFE (`nfe_used`)."""
-    last = final_steps(summ, suite.setup, ds, name, None, suite.budget)
+def best_text(summ: dict, suite, ds: str, name: str, metric: str, nfe_used: float | None = None,
+              variant: str | None = None) -> tuple[str, str]:
+    """(1-step cell, best multi-step cell ``"value (k)"``) of one entry (and variant) on one data set;
+    an adaptive sampler's value goes in the second cell with its measured NFE (`nfe_used`)."""
+    last = final_steps(summ, suite.setup, ds, name, variant, suite.budget)
     if last is None:
         return "", ""
     if adaptive(name):
-        s = summ.get((suite.setup, ds, name, None, suite.budget, last, 1, metric))
+        s = summ.get((suite.setup, ds, name, variant, suite.budget, last, 1, metric))
         return "", "" if s is None else f"{_cell(s, metric)} (adaptive, {nfe_used or 0:.0f} NFE)"
-    cells = {k: summ.get((suite.setup, ds, name, None, suite.budget, last, k, metric))
+    cells = {k: summ.get((suite.setup, ds, name, variant, suite.budget, last, k, metric))
              for k in BY_NAME[name].nfe(suite.part)}
     cells = {k: c for k, c in cells.items() if c is not None}
     one = _cell(cells.get(1), metric)
@@ -132,11 +143,11 @@ def compact(recs: list[dict], suite_name: str = "toy", metric: str = "sliced_w2"
         s = summ.get((suite.setup, ds, "data", None, 0, 0, None, metric))
         floor.append(_cell(s, metric) if s else "")
     lines.append("| data (noise floor) | " + " | ".join(f"{f} | " for f in floor) + "|")
-    for name in suite.entries:
+    for name, variant, text in rows_of(suite):
         cells = [c for ds in suite.datasets
-                 for c in best_text(summ, suite, ds, name, metric, measured_nfe(recs, ds, name))]
+                 for c in best_text(summ, suite, ds, name, metric, measured_nfe(recs, ds, name), variant)]
         if any(cells):
-            lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {text} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

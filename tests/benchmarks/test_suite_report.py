@@ -54,7 +54,11 @@ def test_head_to_head_rows_carry_mean_interval_and_seeds():
         and "| 4000 |" in text
     )
     assert "| data (noise floor) | - | 0.030 ± 0.000 |" in text
+    recs += [_rec("meanflow", s, 0.07, variant="p0.5") for s in range(3)]
+    text = report.head_to_head(recs, "toy")
+    assert "| MeanFlow, p = 0.5 | 1 | 0.070 ± 0.000 |" in text  # the suite's variant rows follow their entry
     compact = report.compact(recs)
+    assert "| MeanFlow, p = 0.5 | 0.070 ± 0.000 |" in compact
     assert "| MeanFlow | 0.120 ± 0.050 |" in compact
 
 
