@@ -22,8 +22,9 @@ from benchmarks.suite import records
 from benchmarks.suite.suites import SUITES
 
 
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [s.strip() for s in text.split(",") if s.strip() or s == ""]
+def _names(text: str | None, keep_empty: bool = False) -> list[str] | None:
+    """Comma-separated names (empty items dropped, or kept: ``--variants ""`` names the default)."""
+    return None if text is None else [s.strip() for s in text.split(",") if keep_empty or s.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     suite = SUITES[args.suite]
     if args.command == "diagnose" and suite.part != "toy":
         raise ValueError("diagnose needs a 2-D suite (its reference is the exact flow of the 2-D data)")
-    variants = _names(args.variants)
+    variants = _names(args.variants, keep_empty=True)
     if variants is not None:
         variants = ["" if v == "default" else v for v in variants]
     try:

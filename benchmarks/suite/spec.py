@@ -13,7 +13,7 @@ default row is the head-to-head's MeanFlow row).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,6 @@ class Suite:
     description: str
     variants: tuple[Variant, ...] = (DEFAULT,)
     points: tuple[int, ...] = ()
-    extra: dict = field(default_factory=dict)
 
     @property
     def eval_points(self) -> tuple[int, ...]:
