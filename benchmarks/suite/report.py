@@ -248,7 +248,7 @@ def write_all(results_dir: Path, markdown: Path, readme: Path, plots: Path) -> N
             continue
         mine = [r for r in recs if r["setup"] == suite.setup]
         metric = "sliced_w2" if suite.part == "toy" else "fid"
-        if suite.variants[0].name == "" and len(suite.variants) == 1 and not suite.points:
+        if len(suite.entries) > 1 and not suite.points:  # a head-to-head (its variants are extra rows)
             update_section(markdown, name, head_to_head(mine, name))
         elif suite.points:
             from benchmarks.suite.plots import plot_curves
