@@ -31,8 +31,17 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
+from meanflow.methods.interval_weight import INTERVAL_WEIGHTS, interval_lambda, kim_beta
 from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
+
+
+class _Needs:
+    """``MeanFlow.needs``: ``{"progress"}`` with ``interval_weight="kim"``, else nothing (per instance)."""
+
+    def __get__(self, obj, cls=None) -> frozenset[str]:
+        on = obj is not None and obj.interval_weight != "none"
+        return frozenset({"progress"}) if on else frozenset()
 
 
 @dataclass
@@ -69,6 +78,13 @@ class MeanFlow(Method):
         tangent: The JVP tangent on ``(z, r, t)`` as ``"v" + dr + dt``: ``"v01"`` (the identity's
             ``(v, 0, 1)``, the default) or one of the paper's ablated wrong tangents ``"v00"``,
             ``"v10"``, ``"v11"`` (Table 1c: FID 61.06 vs 268.06, 329.22, 137.96). For the ablation only.
+        interval_weight: ``"none"`` (the paper) or ``"kim"``: the interval curriculum of Kim et al.
+            (arXiv 2511.19065), which multiplies the adaptive-weighted loss of each ``r != t`` row by
+            ``β = 1 - s + λ s (1 - (t - r))`` with ``s = 1 - (step / total)^k`` and
+            ``λ = 1 / E[1 - (t - r) | r != t]`` under this method's (t, r) draw, so that β averages 1
+            and moves the emphasis from short to long intervals as training goes (β = 1 at the end).
+            Needs the training progress; ``total`` must be the planned run.
+        interval_power: ``k`` of that schedule (1, linear, is the paper's best).
     """
 
     ratio: float = 0.25
@@ -89,6 +105,10 @@ class MeanFlow(Method):
     compile: bool = False
     jvp_precision: str = "float32"
     tangent: str = "v01"
+    interval_weight: str = "none"
+    interval_power: float = 1.0
+
+    needs = _Needs()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio <= 1.0:
@@ -122,6 +142,23 @@ class MeanFlow(Method):
             raise UserError(f"unknown tangent {self.tangent!r}; choose from {', '.join(TANGENTS)}")
         if self.num_classes == 0 and (self.guided or self.class_dropout > 0):
             raise UserError("guidance (omega != 1 or kappa != 0) and class_dropout need num_classes > 0")
+        if self.interval_weight not in INTERVAL_WEIGHTS:
+            raise UserError(f"unknown interval_weight {self.interval_weight!r}; choose from "
+                            f"{', '.join(INTERVAL_WEIGHTS)}")
+        if not self.interval_power > 0:
+            raise UserError(f"interval_power must be > 0, got {self.interval_power}")
+
+    def interval_beta(self, t: Tensor, r: Tensor, progress) -> Tensor | None:
+        """Kim et al.'s per-row weight ``β [B]`` at ``progress`` (:mod:`~meanflow.methods.interval_weight`;
+        1 where ``r = t``); None when ``interval_weight="none"``."""
+        if self.interval_weight == "none":
+            return None
+        if progress is None:
+            raise UserError("interval_weight='kim' needs the training progress (progress=Progress(step, "
+                            "total))")
+        lam = interval_lambda(time_dist=self.time_dist, t_mean=self.t_mean, t_std=self.t_std,
+                              r_mean=self.r_mean, r_std=self.r_std, pairing=self.time_pairing)
+        return kim_beta(t, r, progress.fraction, self.interval_power, lam)
 
     @property
     def guided(self) -> bool:
@@ -211,6 +248,7 @@ class MeanFlow(Method):
         t: Tensor | None = None,
         r: Tensor | None = None,
         net_kwargs: dict | None = None,
+        progress=None,
     ) -> LossOutput:
         """MeanFlow loss on a batch (paper Algorithm 1, with trained-in guidance).
 
@@ -228,6 +266,7 @@ class MeanFlow(Method):
             r: Optional fixed r ``[B]``, ``r <= t``.
             net_kwargs: Extra keyword inputs passed unchanged to every network call (the primal,
                 the JVP, the guidance forwards), e.g. ``{"augment_labels": [B, 9]}``.
+            progress: Training progress (``interval_weight="kim"`` only).
 
         Returns:
             :class:`LossOutput` with metrics ``loss`` (weighted), ``mse`` (mean per-sample squared
@@ -265,9 +304,10 @@ class MeanFlow(Method):
         # rows, so the order does not change it.
         order, rows = moving_rows(net, t, r)
         z, t, r, v, v_g, y, net_kwargs = take_rows(order, b, z, t, r, v, v_g, y, net_kwargs)
+        beta = self.interval_beta(t, r, progress)
         objective = _compiled_objective() if self.compile else _objective
         loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows,
-                                 self.jvp_precision == "autocast", TANGENTS[self.tangent])
+                                 self.jvp_precision == "autocast", TANGENTS[self.tangent], beta)
 
         with torch.no_grad():
             metrics = {
@@ -341,9 +381,10 @@ def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tenso
 
 def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None,
                rows: int | None = None, jvp_autocast: bool = False,
-               tangent: tuple[float, float] = (0.0, 1.0)):
+               tangent: tuple[float, float] = (0.0, 1.0), beta: Tensor | None = None):
     """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off (the JVP too, unless
-    ``jvp_autocast``: then it runs under the caller's autocast).
+    ``jvp_autocast``: then it runs under the caller's autocast). ``beta [B]`` (optional) multiplies each
+    row's loss after the adaptive normalisation.
 
     Returns:
         ``(loss, err, u)``: scalar loss, per-sample squared error ``[B]``, prediction ``[B, *S]``.
@@ -355,7 +396,8 @@ def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: d
         u, u_tgt = u.to(z.dtype), u_tgt.to(z.dtype)
         err = per_sample_sq(u - u_tgt)
         weight = (err.detach() + norm_eps).pow(norm_p)  # stop-gradient adaptive weight
-        loss = (err / weight).mean()
+        per_row = err / weight
+        loss = (per_row if beta is None else beta.to(per_row.dtype) * per_row).mean()
     return loss, err, u
 
 

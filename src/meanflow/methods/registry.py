@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from meanflow.errors import UserError
+from meanflow.methods.alphaflow import AlphaFlow
 from meanflow.methods.base import Method
 from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
@@ -19,6 +20,7 @@ from meanflow.methods.shortcut import ShortcutModel
 METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "imf": ImprovedMeanFlow,
+    "alphaflow": AlphaFlow,
     "flow_matching": FlowMatching,
     "ct": ConsistencyTraining,
     "ict": ImprovedConsistencyTraining,
