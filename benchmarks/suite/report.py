@@ -99,6 +99,41 @@ def head_to_head(recs: list[dict], suite_name: str) -> str:
     return "\n".join(lines)
 
 
+FAMILY = ("meanflow", "imf", "alphaflow", "meanflow_kim")
+"""The MeanFlow family's entries in the frontier goal (issue 22: the best 1-step row within 1.5x of
+100-step flow matching)."""
+
+
+def frontier_goal(recs: list[dict], suite_name: str = "frontier", factor: float = 1.5) -> str:
+    """Per data set: each MeanFlow-family row's 1-step sliced W2 over 100-step flow matching's, and
+    whether the best meets ``factor``."""
+    suite = SUITES[suite_name]
+    summ = group(recs)
+    lines = [f"**Goal**: best MeanFlow-family 1-step sliced W2 <= {factor}x 100-step flow matching's "
+             "(means over seeds).", "", "| data set | flow matching, 100 steps | "
+             + " | ".join(f"{text} (ratio)" for _, _, text in _family(suite))
+             + " | best | met |", "|---|---:|" + "---:|" * len(_family(suite)) + "---|---|"]
+    for ds in suite.datasets:
+        fm = summ.get((suite.setup, ds, "flow_matching", None, suite.budget, suite.budget, 100, "sliced_w2"))
+        if fm is None:
+            continue
+        cells, best = [], None
+        for name, variant, text in _family(suite):
+            c = summ.get((suite.setup, ds, name, variant, suite.budget, suite.budget, 1, "sliced_w2"))
+            cells.append("" if c is None else f"{c.text(3)} ({c.mean / fm.mean:.2f})")
+            if c is not None and (best is None or c.mean < best[0]):
+                best = (c.mean, text)
+        ratio = None if best is None else best[0] / fm.mean
+        verdict = "" if ratio is None else ("yes" if ratio <= factor else f"no ({ratio:.2f}x)")
+        lines.append(f"| {ds} | {fm.text(3)} | " + " | ".join(cells)
+                     + f" | {'' if best is None else best[1]} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _family(suite) -> list[tuple[str, str | None, str]]:
+    return [row for row in rows_of(suite) if row[0] in FAMILY]
+
+
 def adaptive(name: str) -> bool:
     """Whether the entry's sampler picks its own steps (its ``nfe`` field is 1 sampler call)."""
     return dict(BY_NAME[name].sample_kwargs).get("ode_solver") == "rk45" if name in BY_NAME else False
@@ -249,7 +284,8 @@ def write_all(results_dir: Path, markdown: Path, readme: Path, plots: Path) -> N
         mine = [r for r in recs if r["setup"] == suite.setup]
         metric = "sliced_w2" if suite.part == "toy" else "fid"
         if len(suite.entries) > 1 and not suite.points:  # a head-to-head (its variants are extra rows)
-            update_section(markdown, name, head_to_head(mine, name))
+            goal = "\n" + frontier_goal(mine, name) + "\n" if name == "frontier" else ""
+            update_section(markdown, name, goal + head_to_head(mine, name))
         elif suite.points:
             from benchmarks.suite.plots import plot_curves
 

@@ -162,6 +162,14 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("meanflow_ft", "meanflow", "MeanFlow from flow matching (1/2 + 1/2)", (1, 2), (1, 2),
           overrides=("method.kwargs.norm_p=1.0",), init_from="rf1", share=0.5),
 )
+# The MeanFlow family's frontier (issue 22): α-Flow with its published curriculum over the whole run,
+# and MeanFlow with Kim et al.'s interval curriculum (p = 1, as published).
+ENTRIES += (
+    Entry("alphaflow", "alphaflow", "α-Flow (α 1 -> 0, sigmoid over the run)", (1, 2, 4), (1, 2)),
+    Entry("meanflow_kim", "meanflow", "MeanFlow + Kim et al. interval curriculum", (1, 2, 4), (1, 2),
+          overrides=("method.kwargs.norm_p=1.0", "method.kwargs.interval_weight=kim")),
+)
 BY_NAME = {e.name: e for e in ENTRIES}
 TOY_ROWS = ("meanflow", "flow_matching", "ct", "ict", "cd", "shortcut", "imf", "score_sde", "score_sde_ode",
             "score_sde_rk45", "reflow", "distill", "meanflow_ft")
+FRONTIER_ROWS = ("meanflow", "flow_matching", "imf", "alphaflow", "meanflow_kim")

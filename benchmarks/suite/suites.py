@@ -10,7 +10,7 @@ preset's width and batch.
 
 from __future__ import annotations
 
-from benchmarks.suite.spec import DEFAULT, TOY_ROWS, Suite, Variant
+from benchmarks.suite.spec import DEFAULT, FRONTIER_ROWS, TOY_ROWS, Suite, Variant
 
 # The run's own end-of-run grid and 2-D report use 1 sampling step (`logging.sample_steps`): the suite
 # measures every run itself, and the method's default steps (100-step flow matching, 1000-step Score SDE)
@@ -70,6 +70,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("toy", "toy", "toy-2d", "mlp128-b256", TOY_BASE, TOY_SETS, TOY_ROWS, 2000, (0, 1, 2), 4096,
           "toy.jsonl", "2-D head-to-head: every method x 4 data sets x 3 seeds, 2,000 steps, stages counted",
           variants=(DEFAULT, P05)),
+    Suite("frontier", "toy", "toy-2d", "mlp128-b256", TOY_BASE, TOY_SETS, FRONTIER_ROWS, 2000, (0, 1, 2),
+          4096, "frontier.jsonl", "the MeanFlow family's frontier (α-Flow, Kim et al.) beside MeanFlow, "
+          "iMF and flow matching: 4 data sets x 3 seeds, 2,000 steps", variants=(DEFAULT, P05)),
     Suite("smoke", "toy", "toy-2d", "smoke", (*TOY_BASE, "data.num_points=2000"), ("checkerboard",),
           ("meanflow", "flow_matching"), 50, (0, 1), 256, "smoke.jsonl",
           "CI check of the plumbing: 2 methods x 2 seeds x 50 steps on the checkerboard"),

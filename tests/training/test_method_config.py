@@ -178,7 +178,8 @@ def test_num_classes_is_data_derived_unless_set():
      {"time_dist": "logit_normal", "t_mean": -0.4, "t_std": 1.0, "solver": "heun"}),
     (LEGACY_MEANFLOW, "meanflow",
      {k: v for k, v in LEGACY_MEANFLOW.items() if k not in ("name", "solver")}
-     | {"compile": False, "jvp_precision": "float32", "tangent": "v01"}),
+     | {"compile": False, "jvp_precision": "float32", "tangent": "v01", "interval_weight": "none",
+        "interval_power": 1.0}),
 ])
 def test_legacy_method_section_is_converted(legacy, name, kwargs):
     cfg = config_from_dict({"method": legacy})

@@ -2,10 +2,11 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, imf, flow_matching, ct, ict, cd, shortcut, reflow, distill,
-score_sde.
+Registered names (``METHODS``): meanflow, imf, alphaflow, flow_matching, ct, ict, cd, shortcut, reflow,
+distill, score_sde.
 """
 
+from meanflow.methods.alphaflow import AlphaFlow
 from meanflow.methods.base import CONTEXT_KEYS, LossOutput, Method, Progress
 from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
@@ -23,6 +24,7 @@ from meanflow.methods.time_sampling import sample_t_r, sample_time, uniform_sche
 __all__ = [
     "CONTEXT_KEYS",
     "METHODS",
+    "AlphaFlow",
     "ConsistencyDistillation",
     "ConsistencyTraining",
     "Distill",
