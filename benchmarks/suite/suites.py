@@ -79,7 +79,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("curves", "toy", "toy-2d", "mlp128-b256", TOY_BASE, ("checkerboard", "8gaussians"),
           ("meanflow", "flow_matching", "ict", "shortcut", "imf"), 20000, (0, 1, 2), 4096, "curves.jsonl",
           "learning curves: sliced W2 against steps up to 20,000, 5 methods x 2 data sets x 3 seeds",
-          points=(500, 1000, 2000, 5000, 10000, 20000)),
+          points=(500, 1000, 2000, 5000, 10000, 20000), variants=(DEFAULT, P05)),
     Suite("ablations", "toy", "toy-2d", "mlp128-b256", TOY_BASE, ("checkerboard", "8gaussians"),
           ("meanflow",), 2000, (0, 1, 2), 4096, "ablations.jsonl",
           "MeanFlow Table 1 at 2-D scale (ratio, (t, r) sampler, adaptive weight p, JVP tangent), 3 seeds",
