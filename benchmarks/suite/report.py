@@ -99,7 +99,7 @@ def head_to_head(recs: list[dict], suite_name: str) -> str:
     return "\n".join(lines)
 
 
-FAMILY = ("meanflow", "imf", "alphaflow", "meanflow_kim")
+FAMILY = ("meanflow", "imf", "alphaflow", "meanflow_kim", "dmf")
 """The MeanFlow family's entries in the frontier goal (issue 22: the best 1-step row within 1.5x of
 100-step flow matching)."""
 

@@ -168,8 +168,13 @@ ENTRIES += (
     Entry("alphaflow", "alphaflow", "α-Flow (α 1 -> 0, sigmoid over the run)", (1, 2, 4), (1, 2)),
     Entry("meanflow_kim", "meanflow", "MeanFlow + Kim et al. interval curriculum", (1, 2, 4), (1, 2),
           overrides=("method.kwargs.norm_p=1.0", "method.kwargs.interval_weight=kim")),
+    # Decoupled MeanFlow: the 1-RF stage's flow-matching MLP (1/2), fine-tuned with its last block
+    # conditioned on r (decoupled depth 3 of 4, as XL/2's 20 of 28) and the log-variance head (1/2).
+    Entry("dmf", "dmf", "Decoupled MeanFlow (from flow matching, 1/2 + 1/2)", (1, 2, 4), (1, 2),
+          toy_overrides=("network.kwargs.decoupled_depth=3", "network.kwargs.log_variance=true"),
+          init_from="rf1", share=0.5),
 )
 BY_NAME = {e.name: e for e in ENTRIES}
 TOY_ROWS = ("meanflow", "flow_matching", "ct", "ict", "cd", "shortcut", "imf", "score_sde", "score_sde_ode",
             "score_sde_rk45", "reflow", "distill", "meanflow_ft")
-FRONTIER_ROWS = ("meanflow", "flow_matching", "imf", "alphaflow", "meanflow_kim")
+FRONTIER_ROWS = ("meanflow", "flow_matching", "imf", "alphaflow", "meanflow_kim", "dmf")

@@ -119,3 +119,43 @@ def test_imf_presets_key_by_key(name):
     t = c.training
     assert (t.batch_size, t.epochs, t.lr, t.warmup_epochs, tuple(t.betas), tuple(t.ema_decays)) == (
         1024, 640, 1e-4, 10, (0.9, 0.95), (0.9999,))
+
+
+# α-Flow: snap-research/alphaflow@b0fef77 infra/experiments/experiments-alphaflow.yaml (steps, batch,
+# Adam (0.9, 0.95) lr 1e-4, ratio_fm, the α window in steps, ω, κ, t_max, label dropout, clamp_utgt).
+ALPHAFLOW = {
+    "imagenet-alphaflow-b2": ("dit-b/2", 400_000, 0.5, [0.0, 1.0], 1.0, 0.0, 1.0, 0.0, None),
+    "imagenet-alphaflow-b2-cfg": ("dit-b/2", 1_200_000, 0.25, [0.0, 1.0], 1.0, 0.5, 1.0, 0.1, None),
+    "imagenet-alphaflow-xl2": ("dit-xl/2", 1_200_000, 0.5, [600_000 / 1_200_000, 1_000_000 / 1_200_000], 0.2,
+                               0.92, 0.75, 0.1, 4.0),
+}
+
+
+@pytest.mark.parametrize("name", list(ALPHAFLOW))
+def test_alphaflow_presets_key_by_key(name):
+    net, steps, ratio_fm, window, omega, kappa, t_max, dropout, clamp = ALPHAFLOW[name]
+    c = resolve_config(name)
+    assert c.data.name == "latent_cache" and c.data.use_labels and c.network.name == net
+    assert c.method.name == "alphaflow"
+    k = c.method.kwargs
+    got = (k["ratio_fm"], k["alpha_start"], k["alpha_end"], k["alpha_schedule"], k["gamma"], k["alpha_snap"])
+    assert got == (ratio_fm, 1.0, 0.0, "sigmoid", 25.0, 0.005)
+    assert k["alpha_window"] == pytest.approx(window)
+    assert (k["omega"], k["kappa"], k["t_min"], k["t_max"], k["class_dropout"], k["clamp_target"]) == (
+        omega, kappa, 0.0, t_max, dropout, clamp)
+    t = c.training
+    got = (t.steps, t.epochs, t.batch_size, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.warmup_steps)
+    assert got == (steps, None, 256, "adam", 1e-4, (0.9, 0.95), 0.0, 0)
+
+
+def test_dmf_preset_key_by_key():
+    """kyungmnlee/dmf@2273cce scripts/train_dmf_xl_2_256.sh and train_dmf.py."""
+    c = resolve_config("imagenet-dmf-xl2")
+    assert c.network.name == "dit-xl/2"
+    assert (c.network.kwargs["decoupled_depth"], c.network.kwargs["log_variance"]) == (20, True)
+    assert c.method.name == "dmf" and c.method.kwargs == {
+        "fm_mean": 0.0, "fm_std": 1.0, "t_mean": 0.4, "t_std": 1.0, "r_mean": -1.2, "r_std": 1.0, "eps": 0.01,
+        "omega": 0.6, "g_min": 0.0, "g_max": 0.7, "class_dropout": 0.1}
+    t = c.training
+    assert (t.steps, t.batch_size, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.grad_clip,
+            tuple(t.ema_decays)) == (400_000, 256, "adamw", 1e-4, (0.9, 0.95), 0.0, 1.0, (0.9999,))

@@ -2,7 +2,7 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, imf, alphaflow, flow_matching, ct, ict, cd, shortcut, reflow,
+Registered names (``METHODS``): meanflow, imf, alphaflow, dmf, flow_matching, ct, ict, cd, shortcut, reflow,
 distill, score_sde.
 """
 
@@ -10,6 +10,7 @@ from meanflow.methods.alphaflow import AlphaFlow
 from meanflow.methods.base import CONTEXT_KEYS, LossOutput, Method, Progress
 from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
+from meanflow.methods.dmf import DecoupledMeanFlow
 from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.improved_meanflow import ImprovedMeanFlow
@@ -27,6 +28,7 @@ __all__ = [
     "AlphaFlow",
     "ConsistencyDistillation",
     "ConsistencyTraining",
+    "DecoupledMeanFlow",
     "Distill",
     "FlowMatching",
     "ImprovedConsistencyTraining",

@@ -9,6 +9,7 @@ from meanflow.methods.alphaflow import AlphaFlow
 from meanflow.methods.base import Method
 from meanflow.methods.consistency_distillation import ConsistencyDistillation
 from meanflow.methods.consistency_training import ConsistencyTraining
+from meanflow.methods.dmf import DecoupledMeanFlow
 from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.improved_meanflow import ImprovedMeanFlow
@@ -21,6 +22,7 @@ METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "imf": ImprovedMeanFlow,
     "alphaflow": AlphaFlow,
+    "dmf": DecoupledMeanFlow,
     "flow_matching": FlowMatching,
     "ct": ConsistencyTraining,
     "ict": ImprovedConsistencyTraining,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, summed_condition
+from meanflow.networks.embeddings import LabelEmbedder, LogVarianceHead, TimestepEmbedder, block_conditions
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
@@ -134,6 +134,13 @@ class DiT(TangentNet):
         mlp_ratio: MLP hidden width / ``D``.
         num_classes: 0 = unconditional; else ids ``[0, num_classes]`` with ``num_classes`` = null.
         frequency_dim: sinusoidal features per time input.
+        decoupled_depth: 0 (the MeanFlow DiT: every block gets ``E_t(t) + E_h(h) + E_y(y)``) or ``D``,
+            Decoupled MeanFlow's split (arXiv 2510.24474): the first ``D`` blocks get
+            ``E_t(t) + E_h(0) + E_y(y)``, the later blocks and the final layer ``E_t(r) + E_h(0) + E_y(y)``
+            with ``r = t - h``, through the *same* ``E_t``; a flow-matching DiT (trained at h = 0) is
+            thus exactly ``u(z, t, t)`` of this one, and its weights load unchanged.
+        log_variance: add the zero-initialised head ``log_variance(t, h) -> [B]``: a linear map of the
+            128 sinusoidal features of t and of r (DMF's adaptive loss weight; not part of ``forward``).
     """
 
     def __init__(
@@ -147,6 +154,8 @@ class DiT(TangentNet):
         mlp_ratio: float = 4.0,
         num_classes: int = 0,
         frequency_dim: int = 256,
+        decoupled_depth: int = 0,
+        log_variance: bool = False,
     ):
         super().__init__()
         if patch_size < 1 or input_size % patch_size:
@@ -157,6 +166,9 @@ class DiT(TangentNet):
             raise UserError(f"DiT hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if depth < 1 or in_channels < 1 or num_classes < 0:
             raise UserError("DiT needs depth >= 1, in_channels >= 1 and num_classes >= 0")
+        if not 0 <= decoupled_depth < depth:
+            raise UserError(f"DiT decoupled_depth must be in [0, depth = {depth}), got {decoupled_depth}")
+        self.decoupled_depth = decoupled_depth
         self.input_size = input_size
         self.in_channels = in_channels
         self.patch_size = patch_size
@@ -175,6 +187,10 @@ class DiT(TangentNet):
         )
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
         self.initialize_weights()
+        self.logvar = LogVarianceHead() if log_variance else None
+
+    fresh_parameters = ("logvar.",)
+    """Parameters that start from their initialisation when ``--init-from`` loads another run."""
 
     def initialize_weights(self) -> None:
         """DiT's init: Xavier linears, zero adaLN modulation and zero output layer."""
@@ -204,16 +220,15 @@ class DiT(TangentNet):
                 f"DiT built for inputs [B, {self.in_channels}, {self.input_size}, "
                 f"{self.input_size}], got {tuple(z.shape)}"
             )
-        c, dc = summed_condition(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
-                                 z.device)
-
+        c, dc = block_conditions(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
+                                 z.device, len(self.blocks) + 1, self.decoupled_depth)
         x, dx = L.conv2d(self.x_embedder, z, dz)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         if dx is not None:
             dx = dx.flatten(2).transpose(1, 2)
-        for blk in self.blocks:
-            x, dx = blk(x, dx, c, dc)
-        x, dx = self.final_layer(x, dx, c, dc)
+        for i, blk in enumerate(self.blocks):
+            x, dx = blk(x, dx, c[i], dc[i])
+        x, dx = self.final_layer(x, dx, c[-1], dc[-1])
         return self._unpatchify(x), None if dx is None else self._unpatchify(dx)
 
 
@@ -232,10 +247,10 @@ def dit_factory(size: str, patch_size: int):
     depth, hidden, heads = DIT_SIZES[size]
 
     def build(input_size: int = 32, in_channels: int = 4, num_classes: int = 1000,
-              frequency_dim: int = 256) -> DiT:
+              frequency_dim: int = 256, decoupled_depth: int = 0, log_variance: bool = False) -> DiT:
         return DiT(input_size=input_size, in_channels=in_channels, patch_size=patch_size,
                    hidden_size=hidden, depth=depth, num_heads=heads, num_classes=num_classes,
-                   frequency_dim=frequency_dim)
+                   frequency_dim=frequency_dim, decoupled_depth=decoupled_depth, log_variance=log_variance)
 
     build.__doc__ = f"DiT-{size.upper()}/{patch_size}: depth {depth}, width {hidden}, {heads} heads."
     return build

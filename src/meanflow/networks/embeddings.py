@@ -120,3 +120,40 @@ def summed_condition(t_embedder, h_embedder, y_embedder, t: Tensor, h: Tensor, y
     if y_embedder is not None:
         c = c + y_embedder(y, batch, device)
     return c, dc
+
+
+def block_conditions(t_embedder, h_embedder, y_embedder, t: Tensor, h: Tensor, y: Tensor | None,
+                     dt: Tensor | None, dh: Tensor | None, batch: int, device, n: int,
+                     decoupled_depth: int = 0) -> tuple[list, list]:
+    """Conditioning ``[B, D]`` and tangent of each of ``n`` conditioned layers (blocks, then a final one).
+
+    ``decoupled_depth = 0``: every layer gets ``E_t(t) + E_h(h) (+ E_y(y))``. ``decoupled_depth = k``
+    (Decoupled MeanFlow): the first ``k`` get ``E_t(t) + E_h(0) + E_y(y)`` and the rest ``E_t(r) + E_h(0)
+    + E_y(y)``, ``r = t - h`` through the same ``E_t``, so that at ``h = 0`` both equal the plain
+    network's condition; the tangent of ``r`` is ``dt - dh``.
+    """
+    if not decoupled_depth:
+        c, dc = summed_condition(t_embedder, h_embedder, y_embedder, t, h, y, dt, dh, batch, device)
+        return [c] * n, [dc] * n
+    zero, dzero = torch.zeros_like(h), None if dh is None else torch.zeros_like(dh)
+    enc = summed_condition(t_embedder, h_embedder, y_embedder, t, zero, y, dt, dzero, batch, device)
+    dr = None if dt is None else dt - dh
+    dec = summed_condition(t_embedder, h_embedder, y_embedder, t - h, zero, y, dr, dzero, batch, device)
+    k = decoupled_depth
+    return [enc[0]] * k + [dec[0]] * (n - k), [enc[1]] * k + [dec[1]] * (n - k)
+
+
+class LogVarianceHead(nn.Module):
+    """Decoupled MeanFlow's learned log-variance ``lv(t, r) [B]``: a linear map of ``features``
+    sinusoidal features each of ``t`` and ``r = t - h``, zero-initialised (``lv = 0`` at the start)."""
+
+    def __init__(self, features: int = 128):
+        super().__init__()
+        self.features = features
+        self.linear = nn.Linear(2 * features, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, t: Tensor, h: Tensor) -> Tensor:
+        feats = [sinusoidal(s, None, self.features)[0] for s in (t, t - h)]
+        return self.linear(torch.cat(feats, dim=1)).squeeze(1)

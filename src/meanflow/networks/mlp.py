@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, summed_condition
+from meanflow.networks.embeddings import LabelEmbedder, LogVarianceHead, TimestepEmbedder, block_conditions
 
 
 class _ResBlock(nn.Module):
@@ -55,13 +55,24 @@ class MLP(TangentNet):
         frequency_dim: number of sinusoidal time features.
         guidance_cond: also condition on ``guidance = [w, t_min, t_max]`` ``[B, 3]`` (a required
             keyword input then; see the module docstring).
+        decoupled_depth: 0, or Decoupled MeanFlow's split: the first ``k`` blocks are conditioned on t,
+            the later ones on ``r = t - h`` (see ``embeddings.block_conditions``).
+        log_variance: add DMF's zero-initialised head ``logvar(t, h) -> [B]`` (not part of ``forward``).
     """
 
+    fresh_parameters = ("logvar.",)
+    """Parameters that start from their initialisation when ``--init-from`` loads another run."""
+
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, num_classes: int = 0,
-                 frequency_dim: int = 64, guidance_cond: bool = False):
+                 frequency_dim: int = 64, guidance_cond: bool = False, decoupled_depth: int = 0,
+                 log_variance: bool = False):
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
             raise UserError(f"mlp needs dim, hidden, depth >= 1, got {dim}, {hidden}, {depth}")
+        if not 0 <= decoupled_depth < depth:
+            raise UserError(f"mlp decoupled_depth must be in [0, depth = {depth}), got {decoupled_depth}")
+        self.decoupled_depth = decoupled_depth
+        self.logvar = LogVarianceHead() if log_variance else None
         self.dim = dim
         self.num_classes = num_classes
         self.t_embedder = TimestepEmbedder(hidden, frequency_dim)
@@ -84,12 +95,12 @@ class MLP(TangentNet):
         b = z.shape[0]
         if z[0].numel() != self.dim:
             raise UserError(f"mlp built for dim={self.dim} got inputs of shape {tuple(z.shape)}")
-        c, dc = summed_condition(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
-                                 z.device)
-        c = c + self._guidance_embedding(guidance, b, z)  # constant in every tangent: dc unchanged
+        c, dc = block_conditions(self.t_embedder, self.h_embedder, self.y_embedder, t, h, y, dt, dh, b,
+                                 z.device, len(self.blocks), self.decoupled_depth)
+        g = self._guidance_embedding(guidance, b, z)  # constant in every tangent: dc unchanged
         x, dx = L.linear(self.inp, z.reshape(b, -1), None if dz is None else dz.flatten(1))
-        for blk in self.blocks:
-            x, dx = blk(x, dx, c, dc)
+        for blk, ci, dci in zip(self.blocks, c, dc):
+            x, dx = blk(x, dx, ci + g, dci)
         x, dx = L.silu(x, dx)
         x, dx = L.linear(self.out, x, dx)
         return x.reshape(z.shape), None if dx is None else dx.reshape(dz.shape)

@@ -231,12 +231,15 @@ class Checkpoint:
     def model(self) -> dict[str, torch.Tensor]:
         return self._group("model/")
 
-    def load_into(self, net, prefix: str = "model/") -> None:
+    def load_into(self, net, prefix: str = "model/", fresh: tuple[str, ...] = ()) -> None:
         """Load the group `prefix` (`model/`, `ema/<decay>/`, `target/`) into `net`, checked by
-        :meth:`tensors_like`."""
+        :meth:`tensors_like`. Tensors of `net` whose names start with one of `fresh` and that the group
+        does not hold keep their initial values (a new head on a pretrained network)."""
         ref = net.state_dict()
-        tensors = self.tensors_like(prefix, ref)
-        net.load_state_dict({k: tensors[k].to(v.dtype) for k, v in ref.items()})
+        have = {k[len(prefix):] for k in self._keys if k.startswith(prefix)}
+        keep = {k: v for k, v in ref.items() if k in have or not k.startswith(tuple(fresh))}
+        tensors = self.tensors_like(prefix, keep)
+        net.load_state_dict({**ref, **{k: tensors[k].to(v.dtype) for k, v in keep.items()}})
 
     def tensors_like(self, prefix: str, ref: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The group `prefix`, after checking that its names, shapes and kinds match the state dict

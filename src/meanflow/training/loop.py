@@ -229,7 +229,7 @@ def _init_weights(cfg: Config, net: nn.Module) -> None:
 
     try:
         src = Checkpoint(cfg.training.init_from)
-        src.load_into(net, weights_prefix(src, cfg.training.init_ema))
+        src.load_into(net, weights_prefix(src, cfg.training.init_ema), getattr(net, "fresh_parameters", ()))
     except UserError as e:
         raise UserError(f"training.init_from: {e}") from None
 
