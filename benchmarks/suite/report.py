@@ -222,12 +222,12 @@ def curves_table(recs: list[dict], suite_name: str = "curves", metric: str = "sl
         lines += [f"**{ds}** ({METRIC_LABEL[metric]})", "",
                   "| method | steps | " + " | ".join(f"{p:,}" for p in pts) + " |",
                   "|---|---:|" + "---:|" * len(pts)]
-        for name in suite.entries:
+        for name, variant, text in rows_of(suite):
             for k in BY_NAME[name].nfe(suite.part):
-                cells = [summ.get((suite.setup, ds, name, None, suite.budget, p, k, metric)) for p in pts]
+                cells = [summ.get((suite.setup, ds, name, variant, suite.budget, p, k, metric)) for p in pts]
                 if any(cells):
                     row = " | ".join(_cell(c, metric) for c in cells)
-                    lines.append(f"| {label(name)} | {k} | {row} |")
+                    lines.append(f"| {text} | {k} | {row} |")
         lines.append("")
     return "\n".join(lines)
 
