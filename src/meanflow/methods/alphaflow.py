@@ -46,6 +46,7 @@ from meanflow.methods.base import (
     check_override,
     expand_like,
     fresh_noise,
+    given_times,
     interpolate,
     resolve_schedule,
 )
@@ -258,13 +259,7 @@ class AlphaFlow(Method):
             check_override(name, value, tuple(x.shape) if name == "noise" else (b,))
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = x.to(dtype)
-        if t is None and r is None:
-            t, r = self.sample_t_r(b, device=x.device)
-        else:
-            t, r = (r if t is None else t), (t if r is None else r)
-            if bool((r > t).any()):
-                raise UserError("r must be <= t for every sample")
-        t, r = t.to(x.device, dtype), r.to(x.device, dtype)
+        t, r = given_times(t, r, lambda: self.sample_t_r(b, device=x.device), x)
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
         z, v = interpolate(x, e, t)
         if y is not None and self.num_classes > 0:

@@ -186,6 +186,19 @@ def interpolate(x: Tensor, e: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return (1 - tb) * x + tb * e, e - x
 
 
+def given_times(t: Tensor | None, r: Tensor | None, draw, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(t, r)`` of a two-time method, each ``[B]`` on ``x``'s device and dtype: ``draw()`` when neither
+    override is given, else the overrides, a missing one equal to the other; a one-line UserError unless
+    ``r <= t`` everywhere."""
+    if t is None and r is None:
+        t, r = draw()
+    else:
+        t, r = (r if t is None else t), (t if r is None else r)
+        if bool((r > t).any()):
+            raise UserError("r must be <= t for every sample")
+    return t.to(x.device, x.dtype), r.to(x.device, x.dtype)
+
+
 def check_override(name: str, value: Tensor | None, shape: tuple[int, ...]) -> None:
     """Raise :class:`UserError` when an override tensor (noise, t, r) has the wrong shape."""
     if value is not None and tuple(value.shape) != tuple(shape):

@@ -89,6 +89,7 @@ from meanflow.methods.base import (
     NoiseSource,
     check_override,
     expand_like,
+    given_times,
     interpolate,
     per_sample_sq,
     resolve_schedule,
@@ -269,15 +270,9 @@ class ImprovedMeanFlow(Method):
             raise UserError("imf with num_classes > 0 needs class labels y")
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 in tests
         x = x.to(dtype)
-        if t is None and r is None:
-            t, r = sample_t_r(b, ratio=self.ratio, time_dist=self.time_dist, t_mean=self.t_mean,
-                              t_std=self.t_std, pairing="sort", device=x.device)
-        else:
-            t = r if t is None else t
-            r = t if r is None else r
-            if bool((r > t).any()):
-                raise UserError("r must be <= t for every sample")
-        t, r = t.to(x.device, dtype), r.to(x.device, dtype)
+        t, r = given_times(t, r, lambda: sample_t_r(b, ratio=self.ratio, time_dist=self.time_dist,
+                                                    t_mean=self.t_mean, t_std=self.t_std, pairing="sort",
+                                                    device=x.device), x)
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
         z, v = interpolate(x, e, t)
         h = t - r

@@ -27,6 +27,7 @@ from meanflow.methods.base import (
     NoiseSource,
     check_override,
     expand_like,
+    given_times,
     interpolate,
     per_sample_sq,
     resolve_schedule,
@@ -279,14 +280,7 @@ class MeanFlow(Method):
         check_override("r", r, (b,))
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 in tests
         x = x.to(dtype)
-        if t is None and r is None:
-            t, r = self.sample_t_r(b, device=x.device)
-        else:
-            t = r if t is None else t
-            r = t if r is None else r
-            if bool((r > t).any()):
-                raise UserError("r must be <= t for every sample")
-        t, r = t.to(x.device, dtype), r.to(x.device, dtype)
+        t, r = given_times(t, r, lambda: self.sample_t_r(b, device=x.device), x)
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
         z, v = interpolate(x, e, t)
 
