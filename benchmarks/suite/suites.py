@@ -29,6 +29,9 @@ _K = "method.kwargs."
 # MeanFlow with the adaptive weight's power p = 0.5 (the paper's "pseudo-Huber" ablation), the setting
 # of the small presets after this suite's evidence: a row of the head-to-head beside the published p = 1.
 P05 = _v("weight", "p0.5", "p = 0.5", _K + "norm_p=0.5")
+# The same setting on the frontier's methods that have the adaptive weight's power (DMF's loss has none).
+P05_FAMILY = _v("weight", "p0.5", "p = 0.5", _K + "norm_p=0.5",
+                entries=("meanflow", "meanflow_kim", "alphaflow"))
 
 # MeanFlow Table 1 (ImageNet-256, DiT-B/4, 1-NFE FID) at 2-D scale; the default (ratio 0.25, LN(-0.4, 1)
 # sorted, p = 1, tangent (v, 0, 1)) is the head-to-head's MeanFlow row.
@@ -72,7 +75,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           variants=(DEFAULT, P05)),
     Suite("frontier", "toy", "toy-2d", "mlp128-b256", TOY_BASE, TOY_SETS, FRONTIER_ROWS, 2000, (0, 1, 2),
           4096, "frontier.jsonl", "the MeanFlow family's frontier (α-Flow, Kim et al.) beside MeanFlow, "
-          "iMF and flow matching: 4 data sets x 3 seeds, 2,000 steps", variants=(DEFAULT, P05)),
+          "iMF and flow matching: 4 data sets x 3 seeds, 2,000 steps", variants=(DEFAULT, P05_FAMILY)),
     Suite("smoke", "toy", "toy-2d", "smoke", (*TOY_BASE, "data.num_points=2000"), ("checkerboard",),
           ("meanflow", "flow_matching"), 50, (0, 1), 256, "smoke.jsonl",
           "CI check of the plumbing: 2 methods x 2 seeds x 50 steps on the checkerboard"),

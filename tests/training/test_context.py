@@ -123,12 +123,16 @@ def fm_teacher(tmp_path_factory):
     return loop.train(tiny_toy(tmp, "method.name=flow_matching"), echo=lambda s: None)
 
 
-@pytest.mark.parametrize("name", ["ct", "ict", "cd", "shortcut"])
+EXTRA = {"alphaflow": ["method.kwargs.alpha_window=[0.2, 0.6]"],  # α moves, then snaps to 0, within 7 steps
+         "meanflow": ["method.kwargs.interval_weight=kim"]}
+
+
+@pytest.mark.parametrize("name", ["ct", "ict", "cd", "shortcut", "alphaflow", "meanflow"])
 def test_real_methods_resume_bit_identically(tmp_path, name, fm_teacher):
     """Each context-using method through the real loop: stop at step 3 and resume equals 7 straight
-    steps, weights, EMAs, optimizer and target network alike; the progress-driven curricula see the
-    same steps either way."""
-    extra = [f"method.name={name}", "training.steps=7"]
+    steps, weights, EMAs, optimizer and target network alike; the progress-driven curricula (CT's N(k),
+    α-Flow's α, Kim et al.'s β for meanflow) see the same steps either way."""
+    extra = [f"method.name={name}", "training.steps=7", *EXTRA.get(name, [])]
     if name == "cd":
         extra.append(f"training.teacher={fm_teacher}")
     cfg = tiny_toy(tmp_path, *extra)
@@ -176,3 +180,17 @@ def test_a_target_without_a_decay_rule_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs a target network but defines no target_decay"):
         loop.train(cfg, parts=parts, echo=lambda s: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_init_from_keeps_a_new_log_variance_head_fresh(tmp_path, fm_teacher):
+    """Decoupled MeanFlow from a flow-matching run: every weight of the run loads (the split network has
+    the same names), the log-variance head the run lacks starts at zero; the first step then trains."""
+    src = Checkpoint(fm_teacher).ema(0.9)
+    cfg = tiny_toy(tmp_path, "method.name=dmf", f"training.init_from={fm_teacher}", "training.init_ema=0.9",
+                   "network.kwargs={hidden: 32, depth: 2, decoupled_depth: 1, log_variance: true}",
+                   "training.steps=1", "training.lr=1e-12", "training.warmup_steps=0")
+    got = Checkpoint(loop.train(cfg, echo=lambda s: None)).model()
+    assert set(got) - set(src) == {"logvar.linear.weight", "logvar.linear.bias"}
+    assert all(torch.allclose(got[k], src[k], atol=1e-9) for k in src)
+    assert got["logvar.linear.weight"].abs().max() < 1e-9
+
