@@ -19,10 +19,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from meanflow.errors import UserError
 from meanflow.methods.time_sampling import sample_t_r
 
 INTERVAL_WEIGHTS = ("none", "kim")
 _LAMBDA: dict[tuple, float] = {}
+
+
+def check_interval_weight(name: str, power: float) -> None:
+    """One-line UserError for an unknown weight name or a power <= 0."""
+    if name not in INTERVAL_WEIGHTS:
+        raise UserError(f"unknown interval_weight {name!r}; choose from {', '.join(INTERVAL_WEIGHTS)}")
+    if not power > 0:
+        raise UserError(f"interval_power must be > 0, got {power}")
 
 
 def interval_lambda(**draw) -> float:

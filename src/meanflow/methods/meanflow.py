@@ -32,7 +32,7 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.interval_weight import INTERVAL_WEIGHTS, interval_lambda, kim_beta
+from meanflow.methods.interval_weight import check_interval_weight, interval_lambda, kim_beta
 from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
 
@@ -41,8 +41,7 @@ class _Needs:
     """``MeanFlow.needs``: ``{"progress"}`` with ``interval_weight="kim"``, else nothing (per instance)."""
 
     def __get__(self, obj, cls=None) -> frozenset[str]:
-        on = obj is not None and obj.interval_weight != "none"
-        return frozenset({"progress"}) if on else frozenset()
+        return frozenset({"progress"} if obj is not None and obj.interval_weight != "none" else ())
 
 
 @dataclass
@@ -79,13 +78,9 @@ class MeanFlow(Method):
         tangent: The JVP tangent on ``(z, r, t)`` as ``"v" + dr + dt``: ``"v01"`` (the identity's
             ``(v, 0, 1)``, the default) or one of the paper's ablated wrong tangents ``"v00"``,
             ``"v10"``, ``"v11"`` (Table 1c: FID 61.06 vs 268.06, 329.22, 137.96). For the ablation only.
-        interval_weight: ``"none"`` (the paper) or ``"kim"``: the interval curriculum of Kim et al.
-            (arXiv 2511.19065), which multiplies the adaptive-weighted loss of each ``r != t`` row by
-            ``β = 1 - s + λ s (1 - (t - r))`` with ``s = 1 - (step / total)^k`` and
-            ``λ = 1 / E[1 - (t - r) | r != t]`` under this method's (t, r) draw, so that β averages 1
-            and moves the emphasis from short to long intervals as training goes (β = 1 at the end).
-            Needs the training progress; ``total`` must be the planned run.
-        interval_power: ``k`` of that schedule (1, linear, is the paper's best).
+        interval_weight: ``"none"`` (the paper) or ``"kim"``: Kim et al.'s short-to-long interval weight
+            β(Δt, s) on the ``r != t`` rows (:mod:`~meanflow.methods.interval_weight`; needs progress).
+        interval_power: ``k`` of its schedule ``s = 1 - (step / total)^k`` (1 is the paper's best).
     """
 
     ratio: float = 0.25
@@ -143,11 +138,7 @@ class MeanFlow(Method):
             raise UserError(f"unknown tangent {self.tangent!r}; choose from {', '.join(TANGENTS)}")
         if self.num_classes == 0 and (self.guided or self.class_dropout > 0):
             raise UserError("guidance (omega != 1 or kappa != 0) and class_dropout need num_classes > 0")
-        if self.interval_weight not in INTERVAL_WEIGHTS:
-            raise UserError(f"unknown interval_weight {self.interval_weight!r}; choose from "
-                            f"{', '.join(INTERVAL_WEIGHTS)}")
-        if not self.interval_power > 0:
-            raise UserError(f"interval_power must be > 0, got {self.interval_power}")
+        check_interval_weight(self.interval_weight, self.interval_power)
 
     def interval_beta(self, t: Tensor, r: Tensor, progress) -> Tensor | None:
         """Kim et al.'s per-row weight ``β [B]`` at ``progress`` (:mod:`~meanflow.methods.interval_weight`;
