@@ -87,3 +87,9 @@ def test_negative_numbers_are_values_not_options(capsys, value):
     code = main(["train", "--lr", value, "--dry-run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"meanflow: error: training.lr must be > 0, got {float(value)}"]
+
+
+def test_dmf_without_a_log_variance_head_is_refused_before_any_folder(tmp_path, capsys):
+    out = tmp_path / "runs"
+    _one_error(*_run(capsys, "--method", "dmf", "--out-dir", str(out)), "log-variance head")
+    assert not out.exists()

@@ -106,6 +106,10 @@ class DecoupledMeanFlow(Method):
         if self.num_classes == 0 and self.omega > 0:
             raise UserError("guidance (omega > 0) needs num_classes > 0")
 
+    def check_network(self, net: nn.Module) -> None:
+        """One-line UserError unless ``net`` has the log-variance head (called by the builder)."""
+        log_variance_of(net)
+
     @torch.no_grad()
     def guide(self, net: nn.Module, z: Tensor, t: Tensor, v: Tensor, y: Tensor | None, kept: Tensor | None,
               net_kwargs: dict | None = None) -> Tensor:

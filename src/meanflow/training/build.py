@@ -160,9 +160,13 @@ def build_net(cfg: Config, shape: tuple[int, ...], classes: int, method=None) ->
 
     kw = network_kwargs(cfg, shape, classes, method)
     try:
-        return build_network(cfg.network.name, **kw)
+        net = build_network(cfg.network.name, **kw)
     except (TypeError, ValueError) as e:
         raise UserError(f"cannot build network {cfg.network.name!r}: {e}") from None
+    check = getattr(method, "check_network", None)
+    if check is not None:  # e.g. dmf needs a log-variance head: refused before any run folder exists
+        check(net)
+    return net
 
 
 def build_method_from(cfg: Config, classes: int):
