@@ -139,8 +139,8 @@ class DiT(TangentNet):
             ``E_t(t) + E_h(0) + E_y(y)``, the later blocks and the final layer ``E_t(r) + E_h(0) + E_y(y)``
             with ``r = t - h``, through the *same* ``E_t``; a flow-matching DiT (trained at h = 0) is
             thus exactly ``u(z, t, t)`` of this one, and its weights load unchanged.
-        log_variance: add the zero-initialised head ``log_variance(t, h) -> [B]``: a linear map of the
-            128 sinusoidal features of t and of r (DMF's adaptive loss weight; not part of ``forward``).
+        log_variance: add the zero-initialised head ``logvar(t, h) -> [B]``
+            (``embeddings.LogVarianceHead``; DMF's adaptive loss weight; not part of ``forward``).
     """
 
     def __init__(
