@@ -110,6 +110,26 @@ def _net_input_options(cfg: Config, params, kw: dict, method) -> dict[str, bool]
     return out
 
 
+def _method_network_options(cfg: Config, params, kw: dict, method) -> dict:
+    """The network options the method sets (`Method.network_options`, e.g. sCM's log-variance head
+    ``{"log_variance": True}``): a UserError when the network has no such option or the config sets it
+    to another value."""
+    from meanflow.networks.registry import NETWORKS
+
+    out = {}
+    for option, value in dict(getattr(method, "network_options", {}) or {}).items():
+        if option not in params:
+            able = [n for n, f in NETWORKS.items() if option in inspect.signature(f).parameters]
+            raise UserError(f"method {cfg.method.name!r} needs the network option {option}={value!r}, which "
+                            f"network {cfg.network.name!r} does not have (networks that do: "
+                            f"{', '.join(able)})")
+        if option in kw and kw[option] != value:
+            raise UserError(f"network.kwargs.{option}={kw[option]!r}, but method {cfg.method.name!r} needs "
+                            f"{option}={value!r}: leave it unset (it is set automatically)")
+        out[option] = value
+    return out
+
+
 def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int, method=None) -> dict:
     """`cfg.network.kwargs` completed from the data and the method: size, channels, dimension and
     class count are filled in where the factory takes them and the config does not say; with
@@ -128,6 +148,7 @@ def network_kwargs(cfg: Config, shape: tuple[int, ...], classes: int, method=Non
     if method is None:
         method = build_method_from(cfg, classes)
     kw.update(_net_input_options(cfg, params, kw, method))
+    kw.update(_method_network_options(cfg, params, kw, method))
     auto: dict[str, int] = {"num_classes": classes, "dim": math.prod(shape)}
     if len(shape) == 3:
         auto.update(in_channels=shape[0], input_size=shape[1], img_resolution=shape[1])
