@@ -2,8 +2,8 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, imf, alphaflow, dmf, flow_matching, ct, ict, cd, shortcut, reflow,
-distill, score_sde.
+Registered names (``METHODS``): meanflow, imf, alphaflow, dmf, soflow, splitmeanflow, flow_matching, ct, ict,
+cd, shortcut, reflow, distill, score_sde.
 """
 
 from meanflow.methods.alphaflow import AlphaFlow
@@ -20,6 +20,8 @@ from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.registry import METHODS, build_method
 from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
+from meanflow.methods.soflow import SoFlow
+from meanflow.methods.splitmeanflow import SplitMeanFlow
 from meanflow.methods.time_sampling import sample_t_r, sample_time, uniform_schedule
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "Reflow",
     "ScoreSDE",
     "ShortcutModel",
+    "SoFlow",
+    "SplitMeanFlow",
     "build_method",
     "jvp",
     "sample_t_r",

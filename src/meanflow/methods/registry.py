@@ -17,12 +17,16 @@ from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
+from meanflow.methods.soflow import SoFlow
+from meanflow.methods.splitmeanflow import SplitMeanFlow
 
 METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "imf": ImprovedMeanFlow,
     "alphaflow": AlphaFlow,
     "dmf": DecoupledMeanFlow,
+    "soflow": SoFlow,
+    "splitmeanflow": SplitMeanFlow,
     "flow_matching": FlowMatching,
     "ct": ConsistencyTraining,
     "ict": ImprovedConsistencyTraining,
