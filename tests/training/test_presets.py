@@ -159,3 +159,47 @@ def test_dmf_preset_key_by_key():
     t = c.training
     assert (t.steps, t.batch_size, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.grad_clip,
             tuple(t.ema_decays)) == (400_000, 256, "adamw", 1e-4, (0.9, 0.95), 0.0, 1.0, (0.9999,))
+
+
+# SoFlow: zlab-princeton/SoFlow@3b60d60 cifar.yaml / imagenet.yaml (method settings, steps, batch, lr, betas,
+# EMA), train.py:170-172 (AdamW on ImageNet; RAdam on CIFAR-10, here Adam: no RAdam in this project),
+# models.py:86-92 (the CIFAR-10 U-Net, dropout 0.3).
+SOFLOW = {
+    "cifar10-soflow": dict(
+        ratio_fm=0.0, norm_p=0.75, norm_eps=1e-3, fm_mean=-0.9, fm_std=1.6, t_mean=-0.9, t_std=1.6,
+        r_mean=-4.0, r_std=1.6, rho_start=1.0, rho_end=3.125e-4, rho_schedule="exponent", cfg_scale=1.0,
+        mix_ratio=1.0, class_dropout=0.0, cfg_decay_time=1.0, sampler="consistency"),
+    "imagenet-soflow-b4": dict(
+        ratio_fm=0.75, norm_p=1.0, norm_eps=0.01, fm_mean=-0.2, fm_std=1.0, t_mean=0.2, t_std=0.8,
+        r_mean=-1.0, r_std=0.8, rho_start=0.1, rho_end=0.002, rho_schedule="exponent", cfg_scale=3.0,
+        mix_ratio=0.25, class_dropout=0.1, cfg_decay_time=0.8, sampler="consistency"),
+}
+
+
+@pytest.mark.parametrize("name", list(SOFLOW))
+def test_soflow_presets_key_by_key(name):
+    c = resolve_config(name)
+    assert c.method.name == "soflow" and c.method.kwargs == SOFLOW[name]
+    t = c.training
+    common = (t.grad_accum, t.weight_decay, t.warmup_steps, t.warmup_epochs, t.grad_clip, tuple(t.ema_decays),
+              t.ema_warmup, t.lr)
+    assert common == (1, 0.0, 0, None, None, (0.9999,), False, 1e-4)
+    if name == "cifar10-soflow":
+        assert (t.steps, t.epochs, t.batch_size, t.optimizer, tuple(t.betas)) == (
+            800_000, None, 1024, "adam", (0.9, 0.999))
+        d = c.data
+        got = (d.name, d.split, d.use_labels, d.augment_p, d.augment)
+        assert got == ("cifar10", "train", False, 0.12, "meanflow")  # the pipe of SoFlow's augment.py
+        assert c.network.name == "unet" and c.network.kwargs == {
+            "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16],
+            "dropout": 0.3, "channel_mult_noise": 2, "embedding_order": "sin-cos",
+            "resample_filter": [1, 3, 3, 1]}
+        with torch.device("meta"):
+            net = build_net(c, (3, 32, 32), 0)
+        assert sum(p.numel() for p in net.parameters()) == 55_932_419  # the official SongUNet's count
+    else:
+        assert (t.steps, t.epochs, t.batch_size, t.optimizer, tuple(t.betas)) == (
+            400_000, None, 256, "adamw", (0.9, 0.99))
+        assert c.data.name == "latent_cache" and c.data.use_labels
+        assert c.network.name == "dit-b/4"
+        assert c.network.kwargs == {"input_size": 32, "in_channels": 4, "num_classes": 1000}

@@ -183,6 +183,34 @@ def _imagenet_dmf(net: str, depth: int) -> dict:
     return cfg
 
 
+# ---- SoFlow (arXiv 2512.15657), official code zlab-princeton/SoFlow@3b60d60: cifar.yaml and imagenet.yaml
+# (method settings, steps, batch, lr, betas, EMA 0.9999), train.py (AdamW on ImageNet, RAdam on CIFAR-10,
+# no warmup, no clipping; the CIFAR-10 EMA is applied every 16 steps with 0.9999^16), models.py (the
+# CIFAR-10 U-Net: the MeanFlow DDPM++ one with dropout 0.3, 55,932,419 parameters with its 6 augmentation
+# labels; its augment.py pipe at p = 0.12 is the "meanflow" one). This project has no RAdam: Adam with
+# the same betas. -------------------------------------------------------------------------------------------
+_SOFLOW_METHOD = {"rho_schedule": "exponent", "sampler": "consistency"}
+_CIFAR10_SOFLOW = merge(_CIFAR10, {
+    "network": {"name": "unet", "kwargs": {**MEANFLOW_CIFAR10, "dropout": 0.3}},
+    "method": {"name": "soflow", "kwargs": {
+        **_SOFLOW_METHOD, "ratio_fm": 0.0, "norm_p": 0.75, "norm_eps": 1e-3, "fm_mean": -0.9, "fm_std": 1.6,
+        "t_mean": -0.9, "t_std": 1.6, "r_mean": -4.0, "r_std": 1.6, "rho_start": 1.0, "rho_end": 3.125e-4,
+        "cfg_scale": 1.0, "mix_ratio": 1.0, "class_dropout": 0.0, "cfg_decay_time": 1.0}},
+    "training": {"steps": 800_000, "epochs": None, "optimizer": "adam", "lr": 1e-4, "betas": [0.9, 0.999],
+                 "warmup_epochs": None, "ema_decays": [0.9999]},
+})
+
+
+def _imagenet_soflow(net: str, steps: int) -> dict:
+    cfg = _imagenet(net, 1.0, 0.0, 0.0, 1.0, 0)
+    cfg["method"] = {"name": "soflow", "kwargs": {
+        **_SOFLOW_METHOD, "ratio_fm": 0.75, "norm_p": 1.0, "norm_eps": 0.01, "fm_mean": -0.2, "fm_std": 1.0,
+        "t_mean": 0.2, "t_std": 0.8, "r_mean": -1.0, "r_std": 0.8, "rho_start": 0.1, "rho_end": 0.002,
+        "cfg_scale": 3.0, "mix_ratio": 0.25, "class_dropout": 0.1, "cfg_decay_time": 0.8}}
+    cfg["training"].update({"steps": steps, "epochs": None, "optimizer": "adamw", "betas": [0.9, 0.99]})
+    return cfg
+
+
 PRESETS: dict[str, Preset] = {
     "digits": Preset("default CPU job: 1-step MeanFlow on sklearn 8x8 digits (1,797), MLP, "
                      "3.5-6 min on 2 cores", _DIGITS),
@@ -232,6 +260,12 @@ PRESETS: dict[str, Preset] = {
     "imagenet-dmf-xl2": Preset(
         "paper (DMF): DiT-XL/2 from a flow-matching run (--init-from), last 8 of 28 blocks on r, w=0.6 "
         "[0,0.7], 400K steps (1-NFE FID 2.16, 4-NFE 1.51)", _imagenet_dmf("dit-xl/2", 20)),
+    "cifar10-soflow": Preset(
+        "paper code (SoFlow): CIFAR-10 uncond., U-Net (dropout 0.3), batch 1024, 800K steps, all rows "
+        "consistency, ρ 1 -> 3.1e-4; Adam for RAdam (1/2-NFE FID 2.86/2.28)", _CIFAR10_SOFLOW),
+    "imagenet-soflow-b4": Preset(
+        "paper code (SoFlow): ImageNet-256 latents, DiT-B/4, 400K steps (80 ep), 75% FM, w=3 m=0.25 "
+        "(1/2-NFE FID 11.59/8.22; B/2 at 240 ep: 4.85/4.24)", _imagenet_soflow("dit-b/4", 400_000)),
     "imagenet-xl2-plus": Preset("paper: ImageNet-256 latents, DiT-XL/2, w=1.0 k=0.5 [0.3,0.8], 1000 ep",
                                 _imagenet("dit-xl/2", 1.0, 0.5, 0.3, 0.8, 1000)),
 }
