@@ -127,11 +127,11 @@ EXTRA = {"alphaflow": ["method.kwargs.alpha_window=[0.2, 0.6]"],  # α moves, th
          "meanflow": ["method.kwargs.interval_weight=kim"]}
 
 
-@pytest.mark.parametrize("name", ["ct", "ict", "cd", "shortcut", "alphaflow", "meanflow"])
+@pytest.mark.parametrize("name", ["ct", "ict", "cd", "shortcut", "alphaflow", "meanflow", "soflow"])
 def test_real_methods_resume_bit_identically(tmp_path, name, fm_teacher):
     """Each context-using method through the real loop: stop at step 3 and resume equals 7 straight
     steps, weights, EMAs, optimizer and target network alike; the progress-driven curricula (CT's N(k),
-    α-Flow's α, Kim et al.'s β for meanflow) see the same steps either way."""
+    α-Flow's α, Kim et al.'s β for meanflow, SoFlow's ρ) see the same steps either way."""
     extra = [f"method.name={name}", "training.steps=7", *EXTRA.get(name, [])]
     if name == "cd":
         extra.append(f"training.teacher={fm_teacher}")
