@@ -1,11 +1,12 @@
 """SoFlow learns a one-step map on the 2-D checkerboard with the official ImageNet settings (75% flow
 matching, p = 1, ρ 0.1 -> 0.002 exponentially over the run; guidance inert without labels).
 
-Tiny MLP (3 x 128), Adam 2e-3, batch 256, 1500 steps, as the α-Flow and MeanFlow learning tests. Measured
-here (torch 2.13 CPU, one thread, ~15 s): 1-step sliced W2 0.161, 2-step (consistency sampling) 0.113;
-MeanFlow's test: 0.130, flow matching's 1 step: 0.867. Broken on purpose, the same run gives: q without
-the (t - s)/(t - l) factor 0.726 / 0.368, NN_l evaluated at t instead of l 0.608 / 0.301, the surrogate's
-sign flipped > 1e4; so the thresholds fail a broken consistency term.
+Tiny MLP (3 x 128), Adam 2e-3, batch 256 as the α-Flow and MeanFlow learning tests, 1000 steps (1500 gave
+0.161 / 0.113 at 1.5x the time). Measured here (torch 2.13 CPU, one thread, 6-10 s): 1-step sliced W2 0.140,
+2-step (consistency sampling) 0.112; MeanFlow's test (1500 steps): 0.130, flow matching's 1 step: 0.867.
+Broken on purpose, the same run gives: q without the (t - s)/(t - l) factor 0.695 / 0.296, NN_l evaluated
+at t instead of l 0.558 / 0.296, the surrogate's sign flipped > 1e3; so the thresholds fail a broken
+consistency term.
 """
 
 import pytest
@@ -17,7 +18,7 @@ from meanflow.evaluation.toy_metrics import sliced_wasserstein
 from meanflow.methods.base import Progress
 from meanflow.methods.soflow import SoFlow
 
-STEPS, BATCH, LR = 1500, 256, 2e-3
+STEPS, BATCH, LR = 1000, 256, 2e-3
 
 
 @pytest.mark.slow
@@ -40,5 +41,5 @@ def test_soflow_one_step_on_the_checkerboard(one_thread):
     sw1 = sliced_wasserstein(method.sample(net, e, steps=1), held)
     sw2 = sliced_wasserstein(method.sample(net, e, steps=2, generator=torch.Generator().manual_seed(3)), held)
     msg = f"1-step sliced W2 {sw1:.3f}, 2-step {sw2:.3f}"
-    assert sw1 < 0.22, msg  # measured 0.161
-    assert sw2 < 0.16, msg  # measured 0.113
+    assert sw1 < 0.2, msg  # measured 0.140
+    assert sw2 < 0.16, msg  # measured 0.112
