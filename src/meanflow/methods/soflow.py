@@ -21,9 +21,10 @@ configs use Linear + Euler only, which is all this module implements.) Each batc
 
   (the second line is the same quantity with the cancellation of ``z_t - z_l`` done by hand), the
   weight ``w = 1 / (mean(q²) + ε)^p`` and the official surrogate, per row,
-  ``sgn(s - t) mean(NN_t sg(w q)) = -mean(NN_t sg(w q))``: its gradient is that of
-  ``w (t - l) / (t - s) mean(q²) / 2`` without the division by ``t - l`` (the official "stabler
-  implementation"); its value is not a distance (the metric ``con_mse`` is ``mean(q²)``).
+  ``sgn(s - t) mean(NN_t sg(w q)) = -mean(NN_t sg(w q))``, whose gradient is that of
+  ``sg(w) ρ' mean(q²) / 2``, ``ρ' = (t - l) / (t - s)`` (the official "stabler implementation of the MSE
+  objective with same gradient (no division)"); its value is not a distance (the metric ``con_mse`` is
+  ``mean(q²)``).
 
 The loss is the mean of the per-row terms, i.e. each term weighted by its share of the batch.
 Written as a target, ``q = -(NN_t - u_tgt) / ρ'`` with ``ρ' = (t - l) / (t - s)`` and
@@ -72,8 +73,8 @@ Confirmed in ``zlab-princeton/SoFlow@3b60d60``:
   stds (1, .8, .8) for (FM, s, t), cfg 3, mix .25, drop .1, decay .8, Exponent .1 -> .002);
 * ``inference.py:61,78-88`` the sampler (grid ``1 - i / N``; jump to 0, re-noise to the next t).
 
-Differences: ``NN_t`` and ``NN_l`` of the consistency rows are separate forwards of the rows they
-need, as the official code; the network runs in float32 with autocast off whatever the training
+As in the official code the two kinds of rows take separate forwards (the flow-matching rows', then the
+consistency rows'). Differences: the network runs in float32 with autocast off whatever the training
 precision (q divides a difference of two forwards by t - l >= 1e-4; the official code runs float32
 with TF32 matmuls); ``net_kwargs`` (augmentation labels) go to every forward (the official FM
 guidance forward omits them; guidance and augmentation never meet in its configs).
