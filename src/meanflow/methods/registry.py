@@ -15,6 +15,8 @@ from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.improved_meanflow import ImprovedMeanFlow
 from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
+from meanflow.methods.scd import ContinuousConsistencyDistillation
+from meanflow.methods.scm import ContinuousConsistencyTraining
 from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
 from meanflow.methods.soflow import SoFlow
@@ -31,6 +33,8 @@ METHODS: dict[str, type[Method]] = {
     "ct": ConsistencyTraining,
     "ict": ImprovedConsistencyTraining,
     "cd": ConsistencyDistillation,
+    "sct": ContinuousConsistencyTraining,
+    "scd": ContinuousConsistencyDistillation,
     "shortcut": ShortcutModel,
     "reflow": Reflow,
     "distill": Distill,
