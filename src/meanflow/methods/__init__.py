@@ -3,7 +3,7 @@
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
 Registered names (``METHODS``): meanflow, imf, alphaflow, dmf, soflow, splitmeanflow, flow_matching, ct, ict,
-cd, shortcut, reflow, distill, score_sde.
+cd, sct, scd, shortcut, reflow, distill, score_sde.
 """
 
 from meanflow.methods.alphaflow import AlphaFlow
@@ -18,6 +18,8 @@ from meanflow.methods.jvp import jvp, supports_tangents
 from meanflow.methods.meanflow import MeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.registry import METHODS, build_method
+from meanflow.methods.scd import ContinuousConsistencyDistillation
+from meanflow.methods.scm import ContinuousConsistencyTraining
 from meanflow.methods.score_sde import ScoreSDE
 from meanflow.methods.shortcut import ShortcutModel
 from meanflow.methods.soflow import SoFlow
@@ -29,6 +31,8 @@ __all__ = [
     "METHODS",
     "AlphaFlow",
     "ConsistencyDistillation",
+    "ContinuousConsistencyDistillation",
+    "ContinuousConsistencyTraining",
     "ConsistencyTraining",
     "DecoupledMeanFlow",
     "Distill",
