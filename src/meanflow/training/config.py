@@ -190,13 +190,18 @@ class TrainingConfig:
     epochs: float | None = None
     """Training length in passes over the dataset (converted to steps at run time)."""
     optimizer: str = "adam"
-    """'adam' or 'adamw'."""
+    """'adam', 'adamw' or 'radam' (RAdam, as FastGen's sCT and SoFlow's CIFAR-10 configs)."""
     lr: float = 1e-3
     """Peak learning rate (constant after warmup)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     weight_decay: float = 0.0
     """Weight decay (decoupled for AdamW)."""
+    eps: float = 1e-8
+    """The optimizer's epsilon (FastGen's ImageNet-64 sCD: 1e-11)."""
+    lr_decay_steps: int | None = None
+    """Inverse square-root decay: the learning rate times ``sqrt(lr_decay_steps / step)`` once ``step >
+    lr_decay_steps`` (EDM2; FastGen's ImageNet-64 sCD: 35,000); None: constant after warmup."""
     warmup_steps: int = 200
     """Linear learning-rate warmup length in steps (ignored when warmup_epochs is set)."""
     warmup_epochs: float | None = None
@@ -255,8 +260,11 @@ class TrainingConfig:
                "set exactly one of training.steps and training.epochs")
         _check(self.steps is None or self.steps > 0, f"training.steps must be > 0, got {self.steps}")
         _check(self.epochs is None or self.epochs > 0, f"training.epochs must be > 0, got {self.epochs}")
-        _check(self.optimizer in ("adam", "adamw"), f"training.optimizer must be 'adam' or 'adamw', "
-               f"got {self.optimizer!r}")
+        _check(self.optimizer in ("adam", "adamw", "radam"), f"training.optimizer must be 'adam', 'adamw' "
+               f"or 'radam', got {self.optimizer!r}")
+        _check(self.eps > 0, f"training.eps must be > 0, got {self.eps}")
+        _check(self.lr_decay_steps is None or self.lr_decay_steps > 0,
+               f"training.lr_decay_steps must be > 0 (or null), got {self.lr_decay_steps}")
         _check(self.lr > 0, f"training.lr must be > 0, got {self.lr}")
         _check(all(0.0 <= b < 1.0 for b in self.betas), f"training.betas must be in [0, 1), got {self.betas}")
         _check(self.weight_decay >= 0, f"training.weight_decay must be >= 0, got {self.weight_decay}")

@@ -263,9 +263,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def build_optimizer(net: nn.Module, tc) -> torch.optim.Optimizer:
     """Adam or AdamW, fused where the device has the kernel (CPU, CUDA): the fused kernels read the
-    non-finite guard's flag (`found_inf`) on the device and skip a bad step without a host sync."""
+    non-finite guard's flag (`found_inf`) on the device and skip a bad step without a host sync; RAdam
+    (no fused kernel: the guard skips on the host)."""
+    kw = dict(lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, eps=tc.eps)
+    if tc.optimizer == "radam":
+        return torch.optim.RAdam(net.parameters(), **kw)
     opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    kw = dict(lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     try:
         return opt_cls(net.parameters(), fused=True, **kw)
     except RuntimeError:  # no fused kernel for this device / dtype
@@ -517,7 +520,7 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     with _StopFlag() as flag, closing:
         while step < total:
             torch.manual_seed(step_seed(tc.seed, info.rank, step))
-            lr = lr_at(step, tc.lr, warmup)
+            lr = lr_at(step, tc.lr, warmup, tc.lr_decay_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             batch = loader.next_batch()

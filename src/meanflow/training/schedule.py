@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-def lr_at(step: int, base_lr: float, warmup: int) -> float:
+def lr_at(step: int, base_lr: float, warmup: int, decay_steps: int | None = None) -> float:
     """Linear warmup from base_lr / warmup to base_lr over `warmup` steps, then constant (the paper's
-    schedules are constant after warmup)."""
+    schedules are constant after warmup), or with `decay_steps` the inverse square-root decay
+    ``base_lr * sqrt(decay_steps / step)`` for ``step > decay_steps`` (EDM2, FastGen's sCD)."""
+    lr = base_lr
+    if decay_steps is not None and step > decay_steps:
+        lr = base_lr * math.sqrt(decay_steps / step)
     if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
-    return base_lr
+        return lr * (step + 1) / warmup
+    return lr
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
