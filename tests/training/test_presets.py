@@ -162,7 +162,7 @@ def test_dmf_preset_key_by_key():
 
 
 # SoFlow: zlab-princeton/SoFlow@3b60d60 cifar.yaml / imagenet.yaml (method settings, steps, batch, lr, betas,
-# EMA), train.py:170-172 (AdamW on ImageNet; RAdam on CIFAR-10, here Adam: no RAdam in this project),
+# EMA), train.py:170-172 (AdamW on ImageNet; RAdam on CIFAR-10),
 # models.py:86-92 (the CIFAR-10 U-Net, dropout 0.3).
 SOFLOW = {
     "cifar10-soflow": dict(
@@ -186,7 +186,7 @@ def test_soflow_presets_key_by_key(name):
     assert common == (1, 0.0, 0, None, None, (0.9999,), False, 1e-4)
     if name == "cifar10-soflow":
         assert (t.steps, t.epochs, t.batch_size, t.optimizer, tuple(t.betas)) == (
-            800_000, None, 1024, "adam", (0.9, 0.999))
+            800_000, None, 1024, "radam", (0.9, 0.999))
         d = c.data
         got = (d.name, d.split, d.use_labels, d.augment_p, d.augment)
         assert got == ("cifar10", "train", False, 0.12, "meanflow")  # the pipe of SoFlow's augment.py
@@ -203,3 +203,37 @@ def test_soflow_presets_key_by_key(name):
         assert c.data.name == "latent_cache" and c.data.use_labels
         assert c.network.name == "dit-b/4"
         assert c.network.kwargs == {"input_size": 32, "in_channels": 4, "num_classes": 1000}
+
+
+# sCM: NVlabs/FastGen@34f30e8 fastgen/configs/methods/config_scm.py and
+# experiments/EDM/config_sct_cifar10.py / config_scd_in64.py (see presets.py).
+SCM = dict(sigma_data=0.5, p_mean=-1.0, sigma_min=0.002, warmup_steps=10_000, tangent_norm="rms",
+           norm_const=0.1, prior_weight=True, adaptive_weight=True, sample_sigma_max=80.0)
+
+
+def test_sct_preset_key_by_key():
+    c = resolve_config("cifar10-sct")
+    assert c.method.name == "sct" and c.method.kwargs == {**SCM, "p_std": 1.4, "sigma_max": 800.0,
+                                                          "sample_sigma_mid": 0.821}
+    t = c.training
+    got = (t.batch_size, t.steps, t.epochs, t.optimizer, t.lr, tuple(t.betas), t.eps, t.weight_decay,
+           t.warmup_steps, t.warmup_epochs, t.grad_clip, t.lr_decay_steps, tuple(t.ema_decays), t.ema_warmup)
+    assert got == (512, 350_000, None, "radam", 1e-4, (0.9, 0.99), 1e-8, 0.0, 0, None, None, None,
+                   (0.9999, 0.99995, 0.9996), False)
+    assert (c.data.name, c.data.use_labels, c.data.augment_p) == ("cifar10", False, 0.0)
+    assert c.network.name == "unet-ddpmpp" and c.network.kwargs == {"dropout": 0.2}
+
+
+def test_scd_preset_key_by_key():
+    c = resolve_config("imagenet64-scd")
+    assert c.method.name == "scd" and c.method.kwargs == {**SCM, "p_std": 1.6, "sigma_max": 80.0,
+                                                          "sample_sigma_mid": 1.1, "guidance": 1.0}
+    t = c.training
+    got = (t.batch_size, t.steps, t.epochs, t.optimizer, t.lr, tuple(t.betas), t.eps, t.weight_decay,
+           t.warmup_steps, t.grad_clip, t.lr_decay_steps, tuple(t.ema_decays), t.precision)
+    assert got == (1024, 600_000, None, "adam", 7e-5, (0.9, 0.99), 1e-11, 0.0, 0, 10.0, 35_000,
+                   (0.9999, 0.99995, 0.9996), "bf16")
+    assert (c.data.name, c.data.use_labels, c.data.options) == ("image-folder", True, {"resolution": 64})
+    assert c.network.name == "unet" and c.network.kwargs == {
+        "model_channels": 192, "channel_mult": [1, 2, 3, 4], "num_blocks": 3, "attn_resolutions": [32, 16, 8],
+        "dropout": 0.0}

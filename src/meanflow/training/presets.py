@@ -196,9 +196,46 @@ _CIFAR10_SOFLOW = merge(_CIFAR10, {
         **_SOFLOW_METHOD, "ratio_fm": 0.0, "norm_p": 0.75, "norm_eps": 1e-3, "fm_mean": -0.9, "fm_std": 1.6,
         "t_mean": -0.9, "t_std": 1.6, "r_mean": -4.0, "r_std": 1.6, "rho_start": 1.0, "rho_end": 3.125e-4,
         "cfg_scale": 1.0, "mix_ratio": 1.0, "class_dropout": 0.0, "cfg_decay_time": 1.0}},
-    "training": {"steps": 800_000, "epochs": None, "optimizer": "adam", "lr": 1e-4, "betas": [0.9, 0.999],
+    "training": {"steps": 800_000, "epochs": None, "optimizer": "radam", "lr": 1e-4, "betas": [0.9, 0.999],
                  "warmup_epochs": None, "ema_decays": [0.9999]},
 })
+
+
+# ---- sCM (arXiv 2410.11081) as NVlabs/FastGen@34f30e8 records it: fastgen/configs/methods/config_scm.py
+# (RAdam (0.9, 0.99) lr 1e-4 wd 0, no warm-up, grad clip 1e6 = none, σ_d 0.5, ln σ ~ N(-1.0, 1.4), tangent
+# warm-up 10,000, c = 0.1, dropout 0.2), experiments/EDM/config_sct_cifar10.py (batch 512, 350K steps, σ up
+# to 800 in training, EMA 0.9999 / 0.99995 / 0.9996; FastGen starts from EDM's pretrained CIFAR-10 model:
+# pass it as training.init_from), experiments/EDM/config_scd_in64.py (Adam (0.9, 0.99) lr 7e-5 eps 1e-11,
+# inverse-sqrt decay after 35K, batch 1024, 600K steps, grad clip 10, dropout 0, bf16, P_std 1.6, no teacher
+# guidance). The networks are this project's: EDM's DDPM++ sizes on CIFAR-10; ADM's ImageNet-64 sizes
+# (192 channels, [1, 2, 3, 4], 3 blocks, attention at 32/16/8) on this project's U-Net. ----------------------
+_SCM_TRAINING = {"grad_accum": 1, "epochs": None, "betas": [0.9, 0.99], "weight_decay": 0.0,
+                 "warmup_steps": 0, "warmup_epochs": None, "ema_decays": [0.9999, 0.99995, 0.9996],
+                 "ema_warmup": False}
+_CIFAR10_SCT = merge(_CIFAR10, {
+    "data": {"augment_p": 0.0},
+    "network": {"name": "unet-ddpmpp", "kwargs": {"dropout": 0.2}},
+    "method": {"name": "sct", "kwargs": {
+        "sigma_data": 0.5, "p_mean": -1.0, "p_std": 1.4, "sigma_min": 0.002, "sigma_max": 800.0,
+        "warmup_steps": 10_000, "tangent_norm": "rms", "norm_const": 0.1, "prior_weight": True,
+        "adaptive_weight": True, "sample_sigma_max": 80.0, "sample_sigma_mid": 0.821}},
+    "training": {**_SCM_TRAINING, "batch_size": 512, "steps": 350_000, "optimizer": "radam", "lr": 1e-4,
+                 "eps": 1e-8, "lr_decay_steps": None, "grad_clip": None},
+})
+_IMAGENET64_SCD = {
+    # data.data_dir: an ImageNet train folder (one subfolder per class), center-cropped to 64x64
+    "data": {"name": "image-folder", "use_labels": True, "augment_p": 0.0, "options": {"resolution": 64}},
+    "network": {"name": "unet", "kwargs": {"model_channels": 192, "channel_mult": [1, 2, 3, 4],
+                                           "num_blocks": 3, "attn_resolutions": [32, 16, 8], "dropout": 0.0}},
+    "method": {"name": "scd", "kwargs": {
+        "sigma_data": 0.5, "p_mean": -1.0, "p_std": 1.6, "sigma_min": 0.002, "sigma_max": 80.0,
+        "warmup_steps": 10_000, "tangent_norm": "rms", "norm_const": 0.1, "prior_weight": True,
+        "adaptive_weight": True, "sample_sigma_max": 80.0, "sample_sigma_mid": 1.1, "guidance": 1.0}},
+    "training": {**_SCM_TRAINING, "batch_size": 1024, "steps": 600_000, "optimizer": "adam", "lr": 7e-5,
+                 "eps": 1e-11, "lr_decay_steps": 35_000, "grad_clip": 10.0, "precision": "bf16",
+                 "num_threads": 0, "checkpoint_every": 10000, "keep_last": 3},
+    "logging": {"log_every": 100, "sample_every": 10000, "sample_count": 64},
+}
 
 
 def _imagenet_soflow(net: str, steps: int) -> dict:
@@ -262,7 +299,14 @@ PRESETS: dict[str, Preset] = {
         "[0,0.7], 400K steps (1-NFE FID 2.16, 4-NFE 1.51)", _imagenet_dmf("dit-xl/2", 20)),
     "cifar10-soflow": Preset(
         "paper code (SoFlow): CIFAR-10 uncond., U-Net (dropout 0.3), batch 1024, 800K steps, all rows "
-        "consistency, ρ 1 -> 3.1e-4; Adam for RAdam (1/2-NFE FID 2.86/2.28)", _CIFAR10_SOFLOW),
+        "consistency, ρ 1 -> 3.1e-4, RAdam (1/2-NFE FID 2.86/2.28)", _CIFAR10_SOFLOW),
+    "cifar10-sct": Preset(
+        "FastGen config (sCT): CIFAR-10 uncond., DDPM++ U-Net, batch 512, 350K steps, RAdam 1e-4, ln σ ~ "
+        "N(-1, 1.4) (1/2-NFE FID 2.97/2.06; start from a pretrained model: training.init_from)",
+        _CIFAR10_SCT),
+    "imagenet64-scd": Preset(
+        "FastGen config (sCD): ImageNet 64x64 cond., ADM-size U-Net, batch 1024, 600K steps, Adam 7e-5 "
+        "inverse-sqrt, bf16 (2-NFE FID 1.48; set training.teacher and training.init_from)", _IMAGENET64_SCD),
     "imagenet-soflow-b4": Preset(
         "paper code (SoFlow): ImageNet-256 latents, DiT-B/4, 400K steps (80 ep), 75% FM, w=3 m=0.25 "
         "(1/2-NFE FID 11.59/8.22; B/2 at 240 ep: 4.85/4.24)", _imagenet_soflow("dit-b/4", 400_000)),
