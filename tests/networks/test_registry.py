@@ -13,6 +13,7 @@ def test_names_from_the_design():
     expected = {"dit", "unet", "unet-ddpmpp", "unet-meanflow", "mlp"}
     expected |= {f"dit-{s}/{p}" for s in ("s", "b", "m", "l", "xl") for p in (2, 4, 8)}
     expected |= {"imf-dit"} | {f"imf-dit-{s}/2" for s in ("b", "m", "l", "xl")}
+    expected |= {"pmf-dit"} | {f"pmf-dit-{s}/{p}" for s in ("b", "l", "h") for p in (16, 32)}
     assert set(NETWORKS) == expected
 
 

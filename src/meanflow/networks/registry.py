@@ -4,7 +4,9 @@ Names (see docs/design.md): ``"dit"`` (all options as kwargs), the sizes ``"dit-
 (kwargs ``input_size=32, in_channels=4, num_classes=1000``), ``"unet"``, ``"unet-ddpmpp"`` (EDM's
 DDPM++ sizes), ``"unet-meanflow"`` (the official MeanFlow CIFAR-10 U-Net), ``"mlp"``, and the
 improved-MeanFlow DiT ``"imf-dit"`` (all options as kwargs) with its sizes ``"imf-dit-{b,m,l,xl}/2"``
-(kwargs ``input_size=32, in_channels=4, num_classes=1000, guidance_cond=False``).
+(kwargs ``input_size=32, in_channels=4, num_classes=1000, guidance_cond=False``), and the pixel-MeanFlow
+DiT ``"pmf-dit"`` (all options as kwargs) with its sizes ``"pmf-dit-{b,l,h}/{16,32}"`` (kwargs
+``input_size=256 or 512, in_channels=3, num_classes=1000, guidance_cond=False, aux_head_depth=8``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from meanflow.errors import UserError
 from meanflow.networks.dit import DIT_SIZES, DiT, dit_factory
 from meanflow.networks.imf_dit import IMF_DIT_SIZES, IMFDiT, imf_dit_factory
 from meanflow.networks.mlp import MLP
+from meanflow.networks.pmf_dit import PMF_DIT_SIZES, PMFDiT, pmf_dit_factory
 from meanflow.networks.unet import SongUNet, unet_ddpmpp, unet_meanflow
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
@@ -29,6 +32,8 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "imf-dit": IMFDiT,
     **{f"imf-dit-{s}/2": imf_dit_factory(s, 2) for s in IMF_DIT_SIZES},
+    "pmf-dit": PMFDiT,
+    **{f"pmf-dit-{s}/{p}": pmf_dit_factory(s, p) for s in PMF_DIT_SIZES for p in (16, 32)},
 }
 
 
