@@ -1,5 +1,6 @@
 """Load a trained run for generation or as a teacher: the method, the network (chosen weights) and
-the config of a run folder (newest checkpoint) or checkpoint file.
+the config of a run folder (newest checkpoint), a checkpoint file, an export folder (`meanflow
+export`) or an export on the Hugging Face Hub (`hf://ORG/NAME[@REVISION]`).
 
     method, net, cfg = load_generator("runs/00000-digits-meanflow", ema=None)
 """
@@ -42,22 +43,32 @@ def weights_prefix(ckpt, ema: Any) -> str:
 
 
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
-    """Load a trained generator from a run folder (newest checkpoint) or a checkpoint file.
+    """Load a trained generator from a run folder (newest checkpoint), a checkpoint file, an export
+    folder or an `hf://` export.
 
     Args:
-        path: run folder or `.safetensors` checkpoint written by `meanflow train`.
+        path: run folder or `.safetensors` checkpoint written by `meanflow train`; a folder written by
+            `meanflow export`; or `hf://ORG/NAME[@REVISION]`, an export on the Hugging Face Hub
+            (downloaded with `huggingface_hub.snapshot_download`, only the export's files).
         ema: None (the run's first EMA decay, raw weights if it has none), a decay (e.g. 0.9999),
-            or 'raw' / 0 for the raw weights.
+            or 'raw' / 0 for the raw weights. An export holds one set: None, or that set's name.
         device: where the network is put.
 
     Returns:
         (method, net, cfg): the method object, the network in eval mode (with `meanflow_shape`,
-        `meanflow_num_classes`, `meanflow_is_latent` and `meanflow_vae` attributes), and the run's `Config`.
+        `meanflow_num_classes`, `meanflow_is_latent` and `meanflow_vae` attributes, and `meanflow_export`,
+        the export's config.json, for an export), and the run's `Config`.
     """
+    from meanflow.export.layout import is_export, is_hub_path
     from meanflow.training.build import build_method_from, build_net
     from meanflow.training.checkpoint import Checkpoint
     from meanflow.training.config_io import config_from_dict
 
+    if is_hub_path(path) or is_export(path):
+        from meanflow.export.hub import download_export
+        from meanflow.export.read import load_export
+
+        return load_export(download_export(path) if is_hub_path(path) else path, ema=ema, device=device)
     ckpt = Checkpoint(path)
     cfg = config_from_dict(ckpt.config)
     try:
@@ -69,13 +80,22 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
     method = build_method_from(cfg, classes)
     net = build_net(cfg, shape, classes, method)
     ckpt.load_into(net, weights_prefix(ckpt, ema))
+    # the VAE record of a latent-cache run (None otherwise)
+    finish_generator(net, shape, classes, bool(ckpt.state.get("is_latent", False)), ckpt.state.get("vae"),
+                     device, f"checkpoint {ckpt.path}")
+    return method, net, cfg
+
+
+def finish_generator(net, shape: tuple[int, ...], classes: int, is_latent: bool, vae: dict | None,
+                     device: str | torch.device, what: str) -> None:
+    """Refuse non-finite weights (a UserError naming `what`), put `net` on `device` in eval mode without
+    gradients, and record `meanflow_shape`, `meanflow_num_classes`, `meanflow_is_latent`, `meanflow_vae`."""
     bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise UserError(f"checkpoint {ckpt.path} holds non-finite weights ({bad[0]}"
+        raise UserError(f"{what} holds non-finite weights ({bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): it cannot produce samples")
     net.to(device).eval().requires_grad_(False)
     net.meanflow_shape = shape
     net.meanflow_num_classes = classes
-    net.meanflow_is_latent = bool(ckpt.state.get("is_latent", False))
-    net.meanflow_vae = ckpt.state.get("vae")  # the VAE record of a latent-cache run (None otherwise)
-    return method, net, cfg
+    net.meanflow_is_latent = is_latent
+    net.meanflow_vae = vae
