@@ -1,5 +1,5 @@
 """The `meanflow` command line: `train`, `sample`, `presets`, `methods` (and `ref-stats`, `eval`,
-`reflow-pairs`, `likelihood`, `encode`, `convert`).
+`reflow-pairs`, `likelihood`, `encode`, `convert`, `export`, `push`).
 
 Each subcommand lives in its own module with `register(subparsers)`; `main` turns a `UserError`
 (and any argparse complaint) into one line `meanflow: error: <message>` on stderr and exit code 2,
@@ -18,7 +18,7 @@ import sys
 from meanflow.errors import UserError
 
 SUBCOMMAND_MODULES = ("train", "sample", "presets", "methods", "evaluate", "reflow_pairs", "likelihood",
-                      "encode", "convert")
+                      "encode", "convert", "export", "push")
 
 
 class _ArgumentError(Exception):

@@ -119,8 +119,11 @@ def _out_base(args) -> Path:
     if args.out is not None:
         out = Path(args.out)
         return out.with_suffix("") if out.suffix in (".png", ".npz") else out
+    from meanflow.export.layout import is_hub_path
     from meanflow.training.checkpoint import run_dir_of
 
+    if is_hub_path(args.path):
+        raise UserError(f"{args.path} has no local folder to write into: give --out")
     p = Path(args.path)
     run_dir = p if p.is_dir() else (run_dir_of(p) or p.parent)
     tag = f"sample-n{args.num}-steps{args.steps}-seed{args.seed}"
