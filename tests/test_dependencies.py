@@ -98,10 +98,9 @@ def test_default_job_runs_with_declared_dependencies_only(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "runs" / "00000-digits-meanflow"
     assert (run / "samples.png").is_file() and (run / "checkpoints" / "ckpt-0000040.safetensors").is_file()
-    assert "matplotlib" in blocked  # the plot was attempted, found missing, and skipped with a notice
-    assert "no loss plot: matplotlib is not installed" in proc.stdout
+    assert "matplotlib" not in blocked  # the loss curve is drawn with Pillow
     assert proc.stdout.strip().splitlines()[-1].startswith("done: 40 steps.")
-    assert not (run / "loss.png").exists()
+    assert (run / "loss.png").is_file() and "loss curve:" in proc.stdout
 
     proc, _ = run_clean(tmp_path, "sample", str(run), "-n", "8", "--out", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-2000:]
