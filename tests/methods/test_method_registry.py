@@ -12,8 +12,9 @@ from meanflow.methods import (
 
 
 def test_build_by_name():
-    assert set(METHODS) == {"meanflow", "imf", "alphaflow", "dmf", "soflow", "splitmeanflow", "flow_matching",
-                            "ct", "ict", "cd", "sct", "scd", "shortcut", "reflow", "distill", "score_sde"}
+    assert set(METHODS) == {"meanflow", "imf", "pmf", "alphaflow", "dmf", "soflow", "splitmeanflow",
+                            "flow_matching", "ct", "ict", "cd", "sct", "scd", "shortcut", "reflow", "distill",
+                            "score_sde"}
     m = build_method("meanflow", ratio=0.75, norm_p=0.75, norm_eps=1e-3, t_mean=-2.0, t_std=2.0)
     assert isinstance(m, MeanFlow) and m.ratio == 0.75
     assert isinstance(build_method("flow_matching", solver="heun"), FlowMatching)

@@ -2,8 +2,8 @@
 
 Every method has ``loss(net, x, y=None, *, noise=None, t=None, r=None, **context) -> LossOutput`` and
 ``sample(net, noise, y=None, steps=1, schedule=None, *, generator=None) -> Tensor`` (see ``base``).
-Registered names (``METHODS``): meanflow, imf, alphaflow, dmf, soflow, splitmeanflow, flow_matching, ct, ict,
-cd, sct, scd, shortcut, reflow, distill, score_sde.
+Registered names (``METHODS``): meanflow, imf, pmf, alphaflow, dmf, soflow, splitmeanflow, flow_matching, ct,
+ict, cd, sct, scd, shortcut, reflow, distill, score_sde.
 """
 
 from meanflow.methods.alphaflow import AlphaFlow
@@ -16,6 +16,7 @@ from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.improved_meanflow import ImprovedMeanFlow
 from meanflow.methods.jvp import jvp, supports_tangents
 from meanflow.methods.meanflow import MeanFlow
+from meanflow.methods.pmf import PixelMeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.registry import METHODS, build_method
 from meanflow.methods.scd import ContinuousConsistencyDistillation
@@ -42,6 +43,7 @@ __all__ = [
     "LossOutput",
     "MeanFlow",
     "Method",
+    "PixelMeanFlow",
     "Progress",
     "Reflow",
     "ScoreSDE",

@@ -14,6 +14,7 @@ from meanflow.methods.flow_matching import FlowMatching
 from meanflow.methods.improved_ct import ImprovedConsistencyTraining
 from meanflow.methods.improved_meanflow import ImprovedMeanFlow
 from meanflow.methods.meanflow import MeanFlow
+from meanflow.methods.pmf import PixelMeanFlow
 from meanflow.methods.rectified_flow import Distill, Reflow
 from meanflow.methods.scd import ContinuousConsistencyDistillation
 from meanflow.methods.scm import ContinuousConsistencyTraining
@@ -25,6 +26,7 @@ from meanflow.methods.splitmeanflow import SplitMeanFlow
 METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "imf": ImprovedMeanFlow,
+    "pmf": PixelMeanFlow,
     "alphaflow": AlphaFlow,
     "dmf": DecoupledMeanFlow,
     "soflow": SoFlow,
