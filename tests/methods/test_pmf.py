@@ -151,6 +151,8 @@ def test_same_loss_without_tangent_mode_and_without_partial_tangents():
     ref = m.loss(net, x, y, **kw).loss
 
     class Plain(torch.nn.Module):  # the same weights behind torch.func.jvp (no tangent mode)
+        heads = net.heads
+
         def __init__(self):
             super().__init__()
             self.inner = net
@@ -282,7 +284,8 @@ def test_bad_inputs_are_one_line_user_errors():
     x, e, t, r, y, *_ = _batch()
     for call in (lambda: m.loss(net, x, None), lambda: m.loss(net, x, y, net_kwargs={"head": "u"}),
                  lambda: m.sample(net, e, y, net_kwargs={"head": "v"}),
-                 lambda: PixelMeanFlow(num_classes=NC, aux_head=True).loss(tiny_net(aux_head_depth=0), x, y)):
+                 lambda: PixelMeanFlow(num_classes=NC, aux_head=True).loss(tiny_net(aux_head_depth=0), x, y),
+                 lambda: PixelMeanFlow().loss(torch.nn.Identity(), x)):
         with pytest.raises(UserError) as err:
             call()
         assert "\n" not in str(err.value)

@@ -192,12 +192,7 @@ class PixelMeanFlow(ImprovedMeanFlow):
         for name, val, shape in (("noise", noise, tuple(x.shape)), ("t", t, (b,)), ("r", r, (b,)),
                                  ("omega", omega, (b,)), ("drop", drop, (b,))):
             check_override(name, val, shape)
-        kw = dict(net_kwargs or {})
-        for key in (GUIDANCE_KEY, "head"):
-            if key in kw:
-                raise UserError(f"net_kwargs must not contain {key!r}: pmf sets it itself")
-        if self.conditional and y is None:
-            raise UserError("pmf with num_classes > 0 needs class labels y")
+        kw = self._check_inputs(net, y, net_kwargs)
         dtype = torch.promote_types(x.dtype, torch.float32)
         x = x.to(dtype)
         t, r = given_times(t, r, lambda: self.draw_times(b, device=x.device), x)
@@ -237,6 +232,20 @@ class PixelMeanFlow(ImprovedMeanFlow):
             metrics.update(loss=loss.detach(), u_v_mse=per_sample_sq(u.detach() - v_t).mean(),
                            frac_r_neq_t=(r != t).float().mean())
         return LossOutput(loss=loss, metrics=metrics)
+
+    def _check_inputs(self, net: nn.Module, y: Tensor | None, net_kwargs: dict | None) -> dict:
+        """One-line UserErrors for inputs pmf cannot use; the network keyword inputs as a new dict."""
+        kw = dict(net_kwargs or {})
+        for key in (GUIDANCE_KEY, "head"):
+            if key in kw:
+                raise UserError(f"net_kwargs must not contain {key!r}: pmf sets it itself")
+        if self.conditional and y is None:
+            raise UserError("pmf with num_classes > 0 needs class labels y")
+        if self.aux_head and "uv" not in _heads(net):
+            raise UserError("pmf with aux_head=true needs a network with a v-head (pmf-dit with "
+                            "aux_head_depth >= 1); with aux_head=false the auxiliary velocity is the "
+                            "network's own at h = 0")
+        return kw
 
     def _targets(self, net, z, t, r, v_t, y, kw, omega, interval, drop):
         """``(y_in, v_g, v_c, kw_in)``: the network's label and keyword inputs, the guided target and the
@@ -314,3 +323,11 @@ class PixelMeanFlow(ImprovedMeanFlow):
             raise UserError("net_kwargs must not contain 'head': pmf samples with the u-head")
         return super().sample(self.velocity(net), self.noise_scale * noise, y, steps, schedule,
                               net_kwargs=net_kwargs, generator=generator, omega=omega, interval=interval)
+
+
+def _heads(net: nn.Module) -> tuple[str, ...]:
+    """The ``head`` values a network takes (its ``heads``, or that of the module a wrapper holds)."""
+    for m in (net, getattr(net, "module", None), getattr(net, "_orig_mod", None)):
+        if m is not None and getattr(m, "heads", None):
+            return tuple(m.heads)
+    return ()

@@ -109,6 +109,11 @@ class PMFDiT(IMFDiT):
         self.initialize_weights()
 
     @property
+    def heads(self) -> tuple[str, ...]:
+        """The values the ``head`` keyword takes (``("u",)`` without a v-head)."""
+        return HEADS if self.aux_head_depth else ("u",)
+
+    @property
     def shared_depth(self) -> int:
         """Blocks shared by both heads (``depth - aux_head_depth``)."""
         return len(self.blocks) - self.aux_head_depth
