@@ -1,4 +1,4 @@
-"""Build the parts a run needs from its config: dataset, network, method.
+"""Build the parts a run needs from its config: dataset, network, method (and the device).
 
 The only place where config sections turn into objects; the loop receives the objects.
 """
@@ -7,12 +7,50 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from meanflow.errors import UserError
 from meanflow.training.config import Config
+
+
+@dataclass
+class Parts:
+    """What a run is made of, built (and validated) before anything is written to disk."""
+
+    data: Any
+    """ImageData or PointData (meanflow.data)."""
+    net: nn.Module
+    """The network, unwrapped, on the CPU."""
+    method: Any
+    """The method object (meanflow.methods)."""
+    shape: tuple[int, ...]
+    """Shape of one sample."""
+    classes: int
+    """Classes conditioned on (0: unconditional)."""
+
+
+def build_parts(cfg: Config) -> Parts:
+    """Dataset, network (initialised from `training.seed`) and method of `cfg`."""
+    data = build_data(cfg)
+    shape = data_shape(data)
+    classes = num_classes(cfg, data)
+    method = build_method_from(cfg, classes)
+    torch.manual_seed(cfg.training.seed)
+    net = build_net(cfg, shape, classes, method)
+    return Parts(data, net, method, shape, classes)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`training.device` as a device: ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("training.device=cuda but no CUDA device is available")
+    return torch.device(name)
 
 
 def build_data(cfg: Config):

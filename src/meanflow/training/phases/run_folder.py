@@ -1,0 +1,60 @@
+"""The run-folder phase: open the run's outputs, once everything is built and validated.
+
+Rank 0 creates a new numbered run folder (or reuses the resumed checkpoint's, removing the temp files
+a killed process left), writes the resolved config (`config.yaml`, `config.json`) and opens the log,
+which drops the records the interrupted process wrote after its checkpoint. The other ranks get a
+log that writes nothing.
+
+Touches: `run.run_dir`, `run.logger` (creates both). Reads `run.cfg`, `run.start`, `run.total`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from meanflow.errors import UserError
+from meanflow.training.checkpoint import Checkpoint, remove_stale_temps, run_dir_of
+from meanflow.training.config_io import config_to_dict, config_to_yaml
+from meanflow.training.run_log import Logger, write_atomic
+from meanflow.training.rundir import next_run_dir
+
+if TYPE_CHECKING:
+    from meanflow.training.run_state import RunState
+
+
+def open_run_folder(run: RunState, ckpt: Checkpoint | None) -> None:
+    """Set `run.run_dir` (rank 0) and `run.logger`, and say what the run will do."""
+    cfg, lc, echo = run.cfg, run.cfg.logging, run.echo
+    if run.info.is_main:
+        run.run_dir = make_run_dir(ckpt, lc.out_dir, cfg.describe())
+        try:
+            write_atomic(run.run_dir / "config.yaml", config_to_yaml(cfg))
+            write_atomic(run.run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write the config into run folder {run.run_dir}: "
+                            f"{e.strerror or e}") from None
+        echo(f"run folder: {run.run_dir}")
+        echo(f"{len(run.parts.data)} training samples of shape {list(run.parts.shape)}, {run.parts.classes} "
+             f"classes; {sum(p.numel() for p in run.net.parameters()) / 1e6:.2f}M parameters; "
+             f"{run.info.world_size} process(es) on {run.device.type}; steps {run.start} -> {run.total}")
+    run.logger = Logger(run.run_dir, lc.tensorboard, run.start, final=run.start == run.total)
+    if run.info.is_main and run.start == run.total:
+        echo(f"checkpoint is at the last step ({run.total}): writing the final outputs only (raise "
+             "training.steps to train longer)")
+
+
+def make_run_dir(ckpt: Checkpoint | None, out_dir: str, desc: str) -> Path:
+    """The run folder: the resumed checkpoint's (stale temp files removed), else a new numbered one."""
+    run_dir = run_dir_of(ckpt.path) if ckpt is not None else None
+    try:
+        if run_dir is not None:
+            remove_stale_temps(run_dir)
+            return run_dir
+        return next_run_dir(out_dir, desc)
+    except FileExistsError:
+        raise UserError(f"cannot create a run folder in {out_dir}: it is a file, not a folder") from None
+    except OSError as e:
+        where = run_dir or out_dir
+        raise UserError(f"cannot create a run folder in {where}: {e.strerror or e}") from None
