@@ -14,7 +14,6 @@ a Jacobian-vector product with tangent ``(v, 0, 1)`` on ``(z, r, t)``, i.e. ``(v
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,8 @@ from meanflow.methods.base import (
     resolve_schedule,
 )
 from meanflow.methods.interval_weight import check_interval_weight, interval_lambda, kim_beta
-from meanflow.methods.jvp import check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
+from meanflow.methods.jvp import check_jvp_precision, moving_rows, take_rows
+from meanflow.methods.meanflow_objective import TANGENTS, compiled_objective, jvp_target, objective
 from meanflow.methods.time_sampling import TIME_PAIRINGS, check_time_dist, sample_t_r
 
 
@@ -225,8 +225,8 @@ class MeanFlow(Method):
         order, rows = moving_rows(net, t, r)
         tangent = TANGENTS[self.tangent]
         if order is None:
-            return _target(net, z, t, r, v, y, net_kwargs, rows, tangent)
-        u, u_tgt = _target(net, *take_rows(order, b, z, t, r, v, y, net_kwargs), rows, tangent)
+            return jvp_target(net, z, t, r, v, y, net_kwargs, rows, tangent)
+        u, u_tgt = jvp_target(net, *take_rows(order, b, z, t, r, v, y, net_kwargs), rows, tangent)
         back = torch.argsort(order)
         return u.index_select(0, back), u_tgt.index_select(0, back)
 
@@ -290,9 +290,9 @@ class MeanFlow(Method):
         order, rows = moving_rows(net, t, r)
         z, t, r, v, v_g, y, net_kwargs = take_rows(order, b, z, t, r, v, v_g, y, net_kwargs)
         beta = self.interval_beta(t, r, progress)
-        objective = _compiled_objective() if self.compile else _objective
-        loss, err, u = objective(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows,
-                                 self.jvp_precision == "autocast", TANGENTS[self.tangent], beta)
+        run = compiled_objective() if self.compile else objective
+        loss, err, u = run(net, z, t, r, v_g, y, self.norm_p, self.norm_eps, net_kwargs, rows,
+                           self.jvp_precision == "autocast", TANGENTS[self.tangent], beta)
 
         with torch.no_grad():
             metrics = {
@@ -346,56 +346,3 @@ class MeanFlow(Method):
             z = z - (t_cur - t_next) * net(z, t, h, y, **kw)
         return z
 
-
-def _target(net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None,
-            net_kwargs: dict | None = None, rows: int | None = None,
-            tangent: tuple[float, float] = (0.0, 1.0)):
-    """``u, du/dt = jvp(u_theta, (z, r, t), (v, dr, dt))``; ``u_tgt = v - clip(t - r, 0, 1) du/dt``.
-
-    ``tangent = (dr, dt)``: ``(0, 1)`` is the MeanFlow identity's; on the network's inputs
-    ``(z, t, h = t - r)`` it is ``(v, dt, dt - dr)``. With ``rows = n`` the rows from ``n`` on must have
-    ``r = t``: their target is ``v`` and their tangent is not computed.
-    """
-    h = t - r
-    dr, dt = tangent
-    ones = torch.ones_like(t)
-    u, dudt = jvp(net, z, t, h, y, v, ones * dt, ones * (dt - dr), net_kwargs=net_kwargs, rows=rows)
-    u_tgt = v - expand_like(h.clamp(0, 1), v) * pad_rows(dudt, v.shape[0])
-    return u, u_tgt.detach()
-
-
-def _objective(net, z, t, r, v, y, norm_p: float, norm_eps: float, net_kwargs: dict | None = None,
-               rows: int | None = None, jvp_autocast: bool = False,
-               tangent: tuple[float, float] = (0.0, 1.0), beta: Tensor | None = None):
-    """Adaptive-weighted MeanFlow loss, float32 (or float64) with autocast off (the JVP too, unless
-    ``jvp_autocast``: then it runs under the caller's autocast). ``beta [B]`` (optional) multiplies each
-    row's loss after the adaptive normalisation.
-
-    Returns:
-        ``(loss, err, u)``: scalar loss, per-sample squared error ``[B]``, prediction ``[B, *S]``.
-    """
-    no_autocast = torch.autocast(device_type=z.device.type, enabled=False)
-    with contextlib.nullcontext() if jvp_autocast else no_autocast:
-        u, u_tgt = _target(net, z, t, r, v, y, net_kwargs, rows, tangent)
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        u, u_tgt = u.to(z.dtype), u_tgt.to(z.dtype)
-        err = per_sample_sq(u - u_tgt)
-        weight = (err.detach() + norm_eps).pow(norm_p)  # stop-gradient adaptive weight
-        per_row = err / weight
-        loss = (per_row if beta is None else beta.to(per_row.dtype) * per_row).mean()
-    return loss, err, u
-
-
-TANGENTS: dict[str, tuple[float, float]] = {"v01": (0.0, 1.0), "v00": (0.0, 0.0), "v10": (1.0, 0.0),
-                                            "v11": (1.0, 1.0)}
-"""``tangent`` option -> ``(dr, dt)`` of the JVP tangent ``(v, dr, dt)`` on ``(z, r, t)``."""
-
-_COMPILED = None
-
-
-def _compiled_objective():
-    """``torch.compile(_objective)``, built once per process (Dynamo guards handle new nets)."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_objective)
-    return _COMPILED
