@@ -94,11 +94,10 @@ from meanflow.methods.base import (
     per_sample_sq,
     resolve_schedule,
 )
-from meanflow.methods.jvp import caller_autocast, check_jvp_precision, jvp, moving_rows, pad_rows, take_rows
+from meanflow.methods.imf_guidance import GUIDANCE_KEY, draw_interval, draw_omega, guided_target
+from meanflow.methods.imf_objective import forward_pair, weighted_errors
+from meanflow.methods.jvp import caller_autocast, check_jvp_precision, moving_rows, pad_rows, take_rows
 from meanflow.methods.time_sampling import check_time_dist, sample_t_r
-
-GUIDANCE_KEY = "guidance"
-"""Keyword input (``net_kwargs``) carrying ``[w, t_min, t_max]`` per sample, shape ``[B, 3]``."""
 
 
 @dataclass
@@ -197,26 +196,15 @@ class ImprovedMeanFlow(Method):
 
     def sample_omega_train(self, n: int, *, device=None, dtype=torch.float32,
                            generator: torch.Generator | None = None) -> Tensor:
-        """Training guidance scales ``[n]`` with density ``~ w^-beta`` on ``[1, omega_max]``.
-
-        Inverse CDF of ``u ~ U(0, 1)``: ``w = omega_max^u`` for beta = 1, else
-        ``w = (1 + u (omega_max^(1 - beta) - 1))^(1 / (1 - beta))``.
-        """
-        u = torch.rand(n, device=device, dtype=dtype, generator=generator)
-        log_max = math.log(self.omega_max)
-        if self.omega_beta == 1.0:
-            return torch.exp(u * log_max)
-        a = 1.0 - self.omega_beta
-        return torch.exp(torch.log1p(u * math.expm1(a * log_max)) / a)
+        """Training guidance scales ``[n]``, density ``~ w^-omega_beta`` on ``[1, omega_max]``
+        (:func:`~meanflow.methods.imf_guidance.draw_omega`)."""
+        return draw_omega(n, self.omega_max, self.omega_beta, device=device, dtype=dtype, generator=generator)
 
     def sample_interval_train(self, fm: Tensor, *, dtype=torch.float32,
                               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Training guidance intervals: ``t_min ~ U(0, s)``, ``t_max ~ U(s, 1)``; ``[0, 1]`` where
-        ``fm`` (the ``[n]`` mask of r = t samples) is set. Returns ``(t_min, t_max)``, each ``[n]``."""
-        n, s = fm.shape[0], self.interval_split
-        t_min = s * torch.rand(n, device=fm.device, dtype=dtype, generator=generator)
-        t_max = s + (1 - s) * torch.rand(n, device=fm.device, dtype=dtype, generator=generator)
-        return torch.where(fm, 0.0, t_min), torch.where(fm, 1.0, t_max)
+        """Training guidance intervals ``(t_min, t_max)``, each ``[n]``: ``t_min ~ U(0, s)``, ``t_max ~
+        U(s, 1)`` with ``s = interval_split``, ``[0, 1]`` where the r = t mask ``fm [n]`` is set."""
+        return draw_interval(fm, self.interval_split, dtype=dtype, generator=generator)
 
     # ------------------------------------------------------------------ training
 
@@ -276,104 +264,67 @@ class ImprovedMeanFlow(Method):
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
         z, v = interpolate(x, e, t)
         h = t - r
-        zero = torch.zeros_like(t)
         jvp_context = (caller_autocast(x.device.type) if self.jvp_precision == "autocast"
                        else contextlib.nullcontext())
 
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if self.conditional:
-                if omega is None:
-                    omega = self.sample_omega_train(b, device=x.device, dtype=dtype)
-                if interval is None:
-                    interval = self.sample_interval_train(r == t, dtype=dtype)
-                else:
-                    check_override("interval[0]", interval[0], (b,))
-                    check_override("interval[1]", interval[1], (b,))
-                omega = omega.to(x.device, dtype)
-                t_min, t_max = (a.to(x.device, dtype) for a in interval)
-                v_g, v_c = self._guided_target(net, z, t, v, y, omega, t_min, t_max, kw)
-                if drop is None:
-                    drop = torch.rand(b, device=x.device) < self.class_dropout
-                drop = drop.to(x.device)
-                y_in = torch.where(drop, torch.full_like(y, self.num_classes), y)
-                v_g = torch.where(expand_like(drop, v), v, v_g)
-                kw_in = {**kw, GUIDANCE_KEY: torch.stack([omega, t_min, t_max], dim=1)}
-            else:
-                y_in, v_g, kw_in = y, v, kw
-                with torch.no_grad():
-                    v_c = net(z, t, zero, y, **kw).to(dtype)
-
+            y_in, v_g, v_c, kw_in = self._targets(net, z, t, r, v, y, kw, dtype, omega, interval, drop)
             # du/dt matters only where r != t (h = 0 elsewhere): those rows go first and only they
             # are differentiated; every loss term is a mean over rows, so the order is free.
             order, rows = moving_rows(net, t, r)
             z, t, r, h, y_in, v_c, v_g, v, kw_in = take_rows(order, b, z, t, r, h, y_in, v_c, v_g, v, kw_in)
             with jvp_context:
-                u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in, rows)
-            compound = u + expand_like(h, u) * pad_rows(dudt, b)
-            err_u = per_sample_sq(compound - v_g)
-            total = err_u / (err_u.detach() + self.norm_eps).pow(self.norm_p)
-            err_v = None
-            if v_pred is not None:
-                err_v = per_sample_sq(v_pred - v_g)
-                total = total + self.v_weight * err_v / (err_v.detach() + self.norm_eps).pow(self.norm_p)
-            loss = total.mean()
+                u, dudt, v_pred = forward_pair(net, z, t, h, y_in, v_c, kw_in, rows, self.v_weight != 0)
+            loss, err_u, err_v = weighted_errors(u, pad_rows(dudt, b), v_pred, h, v_g, self.norm_p,
+                                                 self.norm_eps, self.v_weight)
 
         with torch.no_grad():
-            metrics = {
-                "loss": loss.detach(),
-                "loss_u": err_u.detach().mean(),
-                "u_v_mse": per_sample_sq(u.detach() - v).mean(),
-                "frac_r_neq_t": (r != t).float().mean(),
-            }
+            metrics = {"loss": loss.detach(), "loss_u": err_u.detach().mean(),
+                       "u_v_mse": per_sample_sq(u.detach() - v).mean(),
+                       "frac_r_neq_t": (r != t).float().mean()}
             if err_v is not None:
                 metrics["loss_v"] = err_v.detach().mean()
         return LossOutput(loss=loss, metrics=metrics)
 
-    def _forward_pair(self, net: nn.Module, z: Tensor, t: Tensor, h: Tensor, y: Tensor | None, v_c: Tensor,
-                      kw: dict, rows: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(u, du/dt, v_pred)`` from one network call (so a DDP wrapper sees one forward per step).
+    def _targets(self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None, kw: dict,
+                 dtype: torch.dtype, omega: Tensor | None, interval: tuple[Tensor, Tensor] | None,
+                 drop: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor, dict]:
+        """``(y_in [B], v_g [B, *S], v_c [B, *S], kw_in)``: the labels and keyword inputs the network
+        is trained with, the target velocity and the JVP tangent. Unconditional: ``v_g = v``, ``v_c =
+        sg(v_theta(z, t))``; class-conditional: :meth:`_guided_inputs`."""
+        if self.conditional:
+            return self._guided_inputs(net, z, t, r, v, y, kw, dtype, omega, interval, drop)
+        with torch.no_grad():
+            v_c = net(z, t, torch.zeros_like(t), y, **kw).to(dtype)
+        return y, v, v_c, kw
 
-        ``u, du/dt = jvp(u_theta, (z, t, h), (v_c, 1, 1))`` (tangent ``(v_c, 0, 1)`` on ``(z, r, t)``)
-        and, when ``v_weight > 0``, ``v_pred = u_theta(z, t, h = 0)`` with graph, evaluated as the
-        second half of a ``2B`` batch whose tangent is not computed. ``v_pred`` is None otherwise.
-        All ``[B, *S]``, except ``du/dt``: detached, ``[rows, *S]`` (the leading rows; all ``B`` when
-        ``rows`` is None).
+    def _guided_inputs(self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor, kw: dict,
+                       dtype: torch.dtype, omega: Tensor | None, interval: tuple[Tensor, Tensor] | None,
+                       drop: Tensor | None) -> tuple[Tensor, Tensor, Tensor, dict]:
+        """The class-conditional inputs and target: ``(y_in [B], v_g [B, *S], v_c [B, *S], kw_in)``.
+
+        Draws (unless given) ``w [B]`` and ``[t_min, t_max]`` (each ``[B]``), builds ``(v_g, v_c)`` by
+        :func:`~meanflow.methods.imf_guidance.guided_target`, then drops labels with probability
+        ``class_dropout`` (``y_in`` = null class and ``v_g = v`` there); ``kw_in`` adds the guidance
+        input ``[w, t_min, t_max]`` ``[B, 3]`` to ``kw``.
         """
-        dtype = z.dtype
-        ones = torch.ones_like(t)
-        if self.v_weight == 0:
-            u, dudt = jvp(net, z, t, h, y, v_c, ones, ones, net_kwargs=kw, rows=rows)
-            return u.to(dtype), dudt.to(dtype), None
-        b = t.shape[0]
-        zeros = torch.zeros_like(t)
-        out, dout = jvp(net, torch.cat([z, z]), torch.cat([t, t]), torch.cat([h, zeros]),
-                        None if y is None else torch.cat([y, y]),
-                        torch.cat([v_c, torch.zeros_like(v_c)]), torch.cat([ones, zeros]),
-                        torch.cat([ones, zeros]), net_kwargs=_repeat_batch(kw, b),
-                        rows=b if rows is None else rows)
-        out, dout = out.to(dtype), dout.to(dtype)
-        return out[:b], dout[:b], out[b:]
-
-    @torch.no_grad()
-    def _guided_target(self, net: nn.Module, z: Tensor, t: Tensor, v: Tensor, y: Tensor, omega: Tensor,
-                       t_min: Tensor, t_max: Tensor, kw: dict) -> tuple[Tensor, Tensor]:
-        """``(v_g, v_c)``, both ``[B, *S]``, no gradient.
-
-        ``w_eff = w`` inside ``[t_min, t_max]`` else 1; ``v_c = v_theta(z, t | y, w_eff, [0, 1])``,
-        ``v_u = v_theta(z, t | null, 1, [0, 1])`` (one batched call of ``2B`` rows) and
-        ``v_g = v + (1 - 1/w_eff) (v_c - v_u)``.
-        """
-        b = t.shape[0]
-        inside = (t >= t_min) & (t <= t_max)
-        w_eff = torch.where(inside, omega, torch.ones_like(omega))
-        zeros, ones = torch.zeros_like(t), torch.ones_like(t)
-        g = torch.cat([torch.stack([w_eff, zeros, ones], 1), torch.stack([ones, zeros, ones], 1)])
-        y2 = torch.cat([y, torch.full_like(y, self.num_classes)])
-        kw2 = {**_repeat_batch(kw, b), GUIDANCE_KEY: g}
-        out = net(torch.cat([z, z]), torch.cat([t, t]), torch.cat([zeros, zeros]), y2, **kw2).to(v.dtype)
-        v_c, v_u = out[:b], out[b:]
-        v_g = v + expand_like(1 - 1 / w_eff, v) * (v_c - v_u)
-        return v_g, v_c
+        b, device = t.shape[0], z.device
+        if omega is None:
+            omega = self.sample_omega_train(b, device=device, dtype=dtype)
+        if interval is None:
+            interval = self.sample_interval_train(r == t, dtype=dtype)
+        else:
+            check_override("interval[0]", interval[0], (b,))
+            check_override("interval[1]", interval[1], (b,))
+        omega = omega.to(device, dtype)
+        t_min, t_max = (a.to(device, dtype) for a in interval)
+        v_g, v_c = guided_target(net, z, t, v, y, omega, t_min, t_max, kw, self.num_classes)
+        if drop is None:
+            drop = torch.rand(b, device=device) < self.class_dropout
+        drop = drop.to(device)
+        y_in = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        v_g = torch.where(expand_like(drop, v), v, v_g)
+        return y_in, v_g, v_c, {**kw, GUIDANCE_KEY: torch.stack([omega, t_min, t_max], dim=1)}
 
     # ------------------------------------------------------------------ sampling
 
@@ -427,9 +378,3 @@ class ImprovedMeanFlow(Method):
             z = z - (t_cur - t_next) * net(z, t_cur.expand(b), (t_cur - t_next).expand(b), y, **kw)
         return z
 
-
-def _repeat_batch(kw: dict, b: int) -> dict:
-    """Network keyword inputs for a doubled batch: per-sample tensors ``[B, ...]`` repeated to
-    ``[2B, ...]``, anything else passed unchanged."""
-    return {k: torch.cat([a, a]) if isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == b else a
-            for k, a in kw.items()}
