@@ -249,19 +249,8 @@ class ShortcutModel(Method):
                             "(the training loop does)")
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 in tests
         x = x.to(dtype)
-        if t is None and r is None:
-            # Drawn: the bootstrap rows are the first n, known on the host (no device sync below).
-            t, d = self._draw(b, x.device, dtype)
-            n = int(round(self.bootstrap_fraction * b))
-            boot = d > 0
-            rows = torch.arange(n, device=x.device)
-        else:
-            t = (r if t is None else t).to(x.device, dtype)
-            r = t if r is None else r.to(x.device, dtype)
-            d = self._check_pairs(t, r)
-            boot = d > 0
-            rows = boot.nonzero().squeeze(1)
-            n = rows.numel()
+        t, d, rows = self._times(b, t, r, x.device, dtype)
+        boot, n = d > 0, rows.numel()
         kw = net_kwargs or {}
 
         e = torch.randn_like(x) if noise is None else noise.to(x.device, dtype)
@@ -283,14 +272,21 @@ class ShortcutModel(Method):
         err = per_sample_sq(pred.to(dtype) - goal.detach())
         loss = err.mean()
 
-        with torch.no_grad():
-            w_sc = boot.to(err.dtype)
-            sums = torch.stack([(err * (1 - w_sc)).sum(), (err * w_sc).sum()])
-            counts = torch.tensor([float(b - n), float(n)], device=err.device, dtype=err.dtype)
-            means = sums / counts.clamp_min(1)  # 0 where a kind has no rows
-            metrics = {"loss": loss.detach(), "fm_loss": means[0], "sc_loss": means[1],
-                       "frac_bootstrap": counts[1] / b}
-        return LossOutput(loss=loss, metrics=metrics)
+        return LossOutput(loss=loss, metrics=_metrics(loss, err, boot, n))
+
+    def _times(self, b: int, t: Tensor | None, r: Tensor | None, device,
+               dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """``(t [B], d [B], rows [n])``: the times, the half steps (``d > 0`` on the ``n`` bootstrap
+        rows, 0 on the flow-matching rows) and the bootstrap rows' indices. Drawn (:meth:`_draw`: the
+        bootstrap rows are the first ``n``, known on the host, so no device sync), or from the
+        overrides (``2d = t - r``, checked by :meth:`_check_pairs`)."""
+        if t is None and r is None:
+            t, d = self._draw(b, device, dtype)
+            return t, d, torch.arange(int(round(self.bootstrap_fraction * b)), device=device)
+        t = (r if t is None else t).to(device, dtype)
+        r = t if r is None else r.to(device, dtype)
+        d = self._check_pairs(t, r)
+        return t, d, (d > 0).nonzero().squeeze(1)
 
     def _draw(self, b: int, device, dtype) -> tuple[Tensor, Tensor]:
         """``(t, d)`` ``[B]``: bootstrap rows first (``d > 0``), then flow-matching rows (``d = 0``)."""
@@ -367,3 +363,15 @@ def _rows(value, rows: Tensor, b: int):
     if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == b:
         return value[rows]
     return value
+
+
+@torch.no_grad()
+def _metrics(loss: Tensor, err: Tensor, boot: Tensor, n: int) -> dict[str, Tensor]:
+    """``loss``, ``fm_loss`` / ``sc_loss`` (mean of the per-row errors ``err [B]`` over the
+    flow-matching / bootstrap rows, 0 where there are none) and ``frac_bootstrap`` (``n / B``)."""
+    b = err.shape[0]
+    w_sc = boot.to(err.dtype)
+    sums = torch.stack([(err * (1 - w_sc)).sum(), (err * w_sc).sum()])
+    counts = torch.tensor([float(b - n), float(n)], device=err.device, dtype=err.dtype)
+    means = sums / counts.clamp_min(1)  # 0 where a kind has no rows
+    return {"loss": loss.detach(), "fm_loss": means[0], "sc_loss": means[1], "frac_bootstrap": counts[1] / b}
