@@ -23,18 +23,11 @@ MLP does (:mod:`meanflow.networks.mlp`): one :class:`TimestepEmbedder` each for 
 the embedding MLP beside the class embedding. These inputs have no tangent: in tangent mode the
 derivative is along ``(z, t, h)`` only.
 
-Each residual block (``skip_scale = sqrt(1/2)``)::
-
-    x' = conv0(silu(GN(x)))                       # with 2x up/down-sampling where needed
-    x' = silu(GN(x' + A emb))                     # adaptive_scale=False (DDPM++)
-    x' = silu(GN(x') (1 + s) + b), [s, b] = A emb # adaptive_scale=True
-    x  = (conv1(dropout(x')) + skip(x)) * skip_scale
-    x  = (proj(Attn(GN(x))) + x) * skip_scale      # at attention resolutions
+The residual blocks (:class:`~meanflow.networks.unet_block.UNetBlock`) live in ``unet_block.py``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -44,118 +37,41 @@ from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
 from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, sinusoidal
+from meanflow.networks.unet_block import ZERO_GAIN, UNetBlock, xavier
 
 EMBEDDING_ORDERS = ("cos-sin", "sin-cos")
 """Orders of the sinusoidal time features: EDM's ``[cos, sin]`` and the official MeanFlow ``[sin, cos]``."""
 
 
-def _xavier(m: nn.Linear | nn.Conv2d, gain: float = 1.0) -> nn.Module:
-    # EDM: xavier_uniform weights times init_weight, zero bias.
-    nn.init.xavier_uniform_(m.weight, gain=gain)
-    if m.bias is not None:
-        nn.init.zeros_(m.bias)
-    return m
-
-
-_ZERO_GAIN = 1e-5  # EDM's "init_zero": tiny rather than exactly zero
-
-
-class UNetBlock(nn.Module):
-    """Residual block with embedding conditioning, optional resampling and self-attention.
-
-    Args:
-        in_channels, out_channels: channel counts.
-        emb_channels: width of ``emb``.
-        up, down: 2x up-/down-sampling with ``resample_filter`` before ``conv0`` and the skip.
-        attention: add a single-head self-attention layer after the residual.
-        dropout: dropout probability before ``conv1``.
-        adaptive_scale: scale/shift conditioning instead of an additive bias.
-        takes_skip: the decoder concatenates an encoder skip to the input of this block.
-        resample_filter: EDM's 1-D resampling filter (``(1, 1)``: box / nearest).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
-                 down: bool = False, attention: bool = False, dropout: float = 0.0,
-                 adaptive_scale: bool = False, takes_skip: bool = False, eps: float = 1e-6,
-                 resample_filter: Sequence[int] = (1, 1)):
-        super().__init__()
-        self.resample_filter = tuple(resample_filter)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.up, self.down = up, down
-        self.dropout = dropout
-        self.adaptive_scale = adaptive_scale
-        self.takes_skip = takes_skip
-        self.skip_scale = math.sqrt(0.5)
-        self.norm0 = L.GroupNorm(in_channels, eps=eps)
-        self.conv0 = _xavier(nn.Conv2d(in_channels, out_channels, 3, padding=1))
-        self.affine = _xavier(nn.Linear(emb_channels, out_channels * (2 if adaptive_scale else 1)))
-        self.norm1 = L.GroupNorm(out_channels, eps=eps)
-        self.conv1 = _xavier(nn.Conv2d(out_channels, out_channels, 3, padding=1), _ZERO_GAIN)
-        self.skip = None
-        if in_channels != out_channels or up or down:
-            self.skip = _xavier(nn.Conv2d(in_channels, out_channels, 1))
-        self.attention = attention
-        if attention:
-            self.norm2 = L.GroupNorm(out_channels, eps=eps)
-            self.qkv = _xavier(nn.Conv2d(out_channels, 3 * out_channels, 1), math.sqrt(0.2))
-            self.proj = _xavier(nn.Conv2d(out_channels, out_channels, 1), _ZERO_GAIN)
-
-    def _resample(self, x: Tensor, dx: Tensor | None) -> L.Pair:
-        if self.up:
-            return L.upsample(x, dx, self.resample_filter)
-        if self.down:
-            return L.downsample(x, dx, self.resample_filter)
-        return x, dx
-
-    def forward(self, x: Tensor, dx: Tensor | None, emb: Tensor, demb: Tensor | None) -> L.Pair:
-        """``x [B, C_in, H, W]``, ``emb [B, E]`` (with tangents) -> ``[B, C_out, H', W']``."""
-        a, da = self.norm0(x, dx)
-        a, da = L.silu(a, da)
-        a, da = self._resample(a, da)
-        a, da = L.conv2d(self.conv0, a, da)
-        p, dp = L.linear(self.affine, emb, demb)
-        p = p[:, :, None, None]
-        dp = None if dp is None else dp[:, :, None, None]
-        if self.adaptive_scale:
-            scale, shift = p.chunk(2, dim=1)
-            dscale, dshift = dp.chunk(2, dim=1) if dp is not None else (None, None)
-            a, da = self.norm1(a, da)
-            a, da = L.modulate(a, da, shift, dshift, scale, dscale)
-        else:
-            a = a + p
-            da = None if da is None else da + dp
-            a, da = self.norm1(a, da)
-        a, da = L.silu(a, da)
-        a, da = L.dropout(a, da, self.dropout, self.training)
-        a, da = L.conv2d(self.conv1, a, da)
-
-        s, ds = self._resample(x, dx)
-        if self.skip is not None:
-            s, ds = L.conv2d(self.skip, s, ds)
-        x = (a + s) * self.skip_scale
-        dx = None if da is None else (da + ds) * self.skip_scale
-        if self.attention:
-            x, dx = self._attend(x, dx)
-        return x, dx
-
-    def _attend(self, x: Tensor, dx: Tensor | None) -> L.Pair:
-        b, c, hh, ww = x.shape
-
-        def heads(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            # [B, 3C, H, W] -> 3 x [B, 1, HW, C] (one head, as in EDM's DDPM++)
-            return tuple(u.reshape(u.shape[0], 1, c, hh * ww).transpose(-2, -1) for u in t.chunk(3, dim=1))
-
-        a, da = self.norm2(x, dx)
-        a, da = L.conv2d(self.qkv, a, da)
-        q, k, v = heads(a)
-        dq, dk, dv = heads(da) if da is not None else (None, None, None)
-        o, do = L.attention(q, k, v, dq, dk, dv)
-        o = o.transpose(-2, -1).reshape(b, c, hh, ww)
-        do = None if do is None else do.transpose(-2, -1).reshape(do.shape[0], c, hh, ww)
-        o, do = L.conv2d(self.proj, o, do)
-        x = (o + x) * self.skip_scale
-        return x, None if dx is None else (do + dx) * self.skip_scale
+def _check_options(img_resolution: int, model_channels: int, channel_mult: Sequence[int], num_blocks: int,
+                   dropout: float, num_classes: int, augment_dim: int, guidance_cond: bool,
+                   channel_mult_noise: int, embedding_order: str, resample_filter: Sequence[int]) -> tuple:
+    """UserError for an invalid :class:`SongUNet` option; returns the resampling filter's taps."""
+    levels = len(channel_mult)
+    if levels < 1 or num_blocks < 1 or model_channels < 1:
+        raise UserError("unet needs channel_mult non-empty, num_blocks >= 1, model_channels >= 1")
+    if img_resolution < 1 or img_resolution % (2 ** (levels - 1)):
+        raise UserError(
+            f"unet img_resolution {img_resolution} is not divisible by 2^{levels - 1} "
+            f"({levels} levels in channel_mult)"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"unet dropout must be in [0, 1), got {dropout}")
+    if num_classes < 0 or augment_dim < 0:
+        raise UserError("unet num_classes and augment_dim must be >= 0")
+    if not isinstance(guidance_cond, bool):
+        raise UserError(f"unet guidance_cond must be true or false, got {guidance_cond!r}")
+    if not isinstance(channel_mult_noise, int) or channel_mult_noise < 1:
+        raise UserError(f"unet channel_mult_noise must be an integer >= 1, got {channel_mult_noise!r}")
+    if embedding_order not in EMBEDDING_ORDERS:
+        raise UserError(f"unet embedding_order must be one of {', '.join(EMBEDDING_ORDERS)}, "
+                        f"got {embedding_order!r}")
+    taps = tuple(resample_filter)
+    if len(taps) < 2 or len(taps) % 2 or any(not isinstance(v, (int, float)) or v < 0 for v in taps) \
+            or sum(taps) <= 0:
+        raise UserError(f"unet resample_filter must be an even number (>= 2) of non-negative taps, "
+                        f"e.g. [1, 1] or [1, 3, 3, 1], got {list(resample_filter)!r}")
+    return taps
 
 
 class SongUNet(TangentNet):
@@ -206,30 +122,9 @@ class SongUNet(TangentNet):
         resample_filter: Sequence[int] = (1, 1),
     ):
         super().__init__()
-        levels = len(channel_mult)
-        if levels < 1 or num_blocks < 1 or model_channels < 1:
-            raise UserError("unet needs channel_mult non-empty, num_blocks >= 1, model_channels >= 1")
-        if img_resolution < 1 or img_resolution % (2 ** (levels - 1)):
-            raise UserError(
-                f"unet img_resolution {img_resolution} is not divisible by 2^{levels - 1} "
-                f"({levels} levels in channel_mult)"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"unet dropout must be in [0, 1), got {dropout}")
-        if num_classes < 0 or augment_dim < 0:
-            raise UserError("unet num_classes and augment_dim must be >= 0")
-        if not isinstance(guidance_cond, bool):
-            raise UserError(f"unet guidance_cond must be true or false, got {guidance_cond!r}")
-        if not isinstance(channel_mult_noise, int) or channel_mult_noise < 1:
-            raise UserError(f"unet channel_mult_noise must be an integer >= 1, got {channel_mult_noise!r}")
-        if embedding_order not in EMBEDDING_ORDERS:
-            raise UserError(f"unet embedding_order must be one of {', '.join(EMBEDDING_ORDERS)}, "
-                            f"got {embedding_order!r}")
-        taps = tuple(resample_filter)
-        if len(taps) < 2 or len(taps) % 2 or any(not isinstance(v, (int, float)) or v < 0 for v in taps) \
-                or sum(taps) <= 0:
-            raise UserError(f"unet resample_filter must be an even number (>= 2) of non-negative taps, "
-                            f"e.g. [1, 1] or [1, 3, 3, 1], got {list(resample_filter)!r}")
+        taps = _check_options(img_resolution, model_channels, channel_mult, num_blocks, dropout,
+                              num_classes, augment_dim, guidance_cond, channel_mult_noise, embedding_order,
+                              resample_filter)
         self.img_resolution = img_resolution
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
@@ -240,27 +135,44 @@ class SongUNet(TangentNet):
         self.embedding_order = embedding_order
         self.resample_filter = taps
         emb_channels = model_channels * channel_mult_emb
-        feat = 2 * self.noise_channels  # [pos(t), pos(h)]
+        # Modules are created in this order (it fixes the parameter order and the RNG draws of their
+        # initialisation): embedding, encoder, decoder, output.
+        self._build_embedding(model_channels, emb_channels)
+        kw = dict(emb_channels=emb_channels, dropout=dropout, adaptive_scale=adaptive_scale,
+                  resample_filter=taps)
+        cout, skips = self._build_encoder(model_channels, channel_mult, num_blocks, attn_resolutions, kw)
+        cout = self._build_decoder(cout, skips, model_channels, channel_mult, num_blocks, attn_resolutions,
+                                   kw)
+        self.out_norm = L.GroupNorm(cout, eps=1e-6)
+        self.out_conv = xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), ZERO_GAIN)
 
-        self.map_label = LabelEmbedder(num_classes, feat) if num_classes > 0 else None
+    def _build_embedding(self, model_channels: int, emb_channels: int) -> None:
+        """The embedding MLP ``feat -> emb_channels -> emb_channels`` (``feat = 2 noise_channels``:
+        ``[pos(t), pos(h)]``) and the optional class, augmentation-label and guidance embeddings added
+        to its input."""
+        feat = 2 * self.noise_channels  # [pos(t), pos(h)]
+        self.map_label = LabelEmbedder(self.num_classes, feat) if self.num_classes > 0 else None
         self.map_augment = (
-            _xavier(nn.Linear(augment_dim, feat, bias=False)) if augment_dim > 0 else None
+            xavier(nn.Linear(self.augment_dim, feat, bias=False)) if self.augment_dim > 0 else None
         )
         # One embedder each for 1 - 1/w, t_min and t_max (absent unless guidance_cond, so the default
         # network keeps its parameters, their order and the RNG draws of its initialisation).
         self.map_guidance = (nn.ModuleList(TimestepEmbedder(feat, model_channels) for _ in range(3))
-                             if guidance_cond else None)
-        self.map_layer0 = _xavier(nn.Linear(feat, emb_channels))
-        self.map_layer1 = _xavier(nn.Linear(emb_channels, emb_channels))
+                             if self.guidance_cond else None)
+        self.map_layer0 = xavier(nn.Linear(feat, emb_channels))
+        self.map_layer1 = xavier(nn.Linear(emb_channels, emb_channels))
 
-        kw = dict(emb_channels=emb_channels, dropout=dropout, adaptive_scale=adaptive_scale,
-                  resample_filter=taps)
+    def _build_encoder(self, model_channels: int, channel_mult: Sequence[int], num_blocks: int,
+                       attn_resolutions: Sequence[int], kw: dict) -> tuple[int, list[int]]:
+        """``self.enc``: per level (resolution ``img_resolution / 2^level``) a 3x3 input conv (level 0)
+        or a downsampling block, then `num_blocks` blocks (attention at `attn_resolutions`). Returns the
+        output channels and the channels of every encoder output (the decoder's skips)."""
         self.enc = nn.ModuleDict()
-        cout = in_channels
+        cout = self.in_channels
         for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+            res = self.img_resolution >> level
             if level == 0:
-                self.enc[f"{res}x{res}_conv"] = _xavier(nn.Conv2d(cout, model_channels, 3, padding=1))
+                self.enc[f"{res}x{res}_conv"] = xavier(nn.Conv2d(cout, model_channels, 3, padding=1))
                 cout = model_channels
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **kw)
@@ -269,11 +181,17 @@ class SongUNet(TangentNet):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     cin, cout, attention=res in attn_resolutions, **kw
                 )
-        skips = [m.out_channels for m in self.enc.values()]
+        return cout, [m.out_channels for m in self.enc.values()]
 
+    def _build_decoder(self, cout: int, skips: list[int], model_channels: int, channel_mult: Sequence[int],
+                       num_blocks: int, attn_resolutions: Sequence[int], kw: dict) -> int:
+        """``self.dec``: from the lowest resolution up, two middle blocks (the first with attention) or
+        an upsampling block, then `num_blocks + 1` blocks that each take one encoder skip (attention in
+        the last one at `attn_resolutions`). Returns the output channels."""
+        levels = len(channel_mult)
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
+            res = self.img_resolution >> level
             if level == levels - 1:
                 self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **kw)
                 self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **kw)
@@ -285,8 +203,7 @@ class SongUNet(TangentNet):
                     cin, cout, attention=idx == num_blocks and res in attn_resolutions,
                     takes_skip=True, **kw,
                 )
-        self.out_norm = L.GroupNorm(cout, eps=1e-6)
-        self.out_conv = _xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), _ZERO_GAIN)
+        return cout
 
     def _embed(self, t, h, y, dt, dh, augment_labels, guidance) -> L.Pair:
         """``emb [B, E]`` and its tangent (None in plain mode) from ``t, h [B]``, ``y [B]`` or None,
