@@ -268,13 +268,13 @@ class ImprovedMeanFlow(Method):
                        else contextlib.nullcontext())
 
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y_in, v_g, v_c, kw_in = self._targets(net, z, t, r, v, y, kw, dtype, omega, interval, drop)
+            y_in, v_g, v_c, kw_in = self._loss_inputs(net, z, t, r, v, y, kw, dtype, omega, interval, drop)
             # du/dt matters only where r != t (h = 0 elsewhere): those rows go first and only they
             # are differentiated; every loss term is a mean over rows, so the order is free.
             order, rows = moving_rows(net, t, r)
             z, t, r, h, y_in, v_c, v_g, v, kw_in = take_rows(order, b, z, t, r, h, y_in, v_c, v_g, v, kw_in)
             with jvp_context:
-                u, dudt, v_pred = forward_pair(net, z, t, h, y_in, v_c, kw_in, rows, self.v_weight != 0)
+                u, dudt, v_pred = self._forward_pair(net, z, t, h, y_in, v_c, kw_in, rows)
             loss, err_u, err_v = weighted_errors(u, pad_rows(dudt, b), v_pred, h, v_g, self.norm_p,
                                                  self.norm_eps, self.v_weight)
 
@@ -286,9 +286,10 @@ class ImprovedMeanFlow(Method):
                 metrics["loss_v"] = err_v.detach().mean()
         return LossOutput(loss=loss, metrics=metrics)
 
-    def _targets(self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None, kw: dict,
-                 dtype: torch.dtype, omega: Tensor | None, interval: tuple[Tensor, Tensor] | None,
-                 drop: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor, dict]:
+    def _loss_inputs(self, net: nn.Module, z: Tensor, t: Tensor, r: Tensor, v: Tensor, y: Tensor | None,
+                     kw: dict, dtype: torch.dtype, omega: Tensor | None,
+                     interval: tuple[Tensor, Tensor] | None,
+                     drop: Tensor | None) -> tuple[Tensor | None, Tensor, Tensor, dict]:
         """``(y_in [B], v_g [B, *S], v_c [B, *S], kw_in)``: the labels and keyword inputs the network
         is trained with, the target velocity and the JVP tangent. Unconditional: ``v_g = v``, ``v_c =
         sg(v_theta(z, t))``; class-conditional: :meth:`_guided_inputs`."""
@@ -318,13 +319,25 @@ class ImprovedMeanFlow(Method):
             check_override("interval[1]", interval[1], (b,))
         omega = omega.to(device, dtype)
         t_min, t_max = (a.to(device, dtype) for a in interval)
-        v_g, v_c = guided_target(net, z, t, v, y, omega, t_min, t_max, kw, self.num_classes)
+        v_g, v_c = self._guided_target(net, z, t, v, y, omega, t_min, t_max, kw)
         if drop is None:
             drop = torch.rand(b, device=device) < self.class_dropout
         drop = drop.to(device)
         y_in = torch.where(drop, torch.full_like(y, self.num_classes), y)
         v_g = torch.where(expand_like(drop, v), v, v_g)
         return y_in, v_g, v_c, {**kw, GUIDANCE_KEY: torch.stack([omega, t_min, t_max], dim=1)}
+
+    def _guided_target(self, net: nn.Module, z: Tensor, t: Tensor, v: Tensor, y: Tensor, omega: Tensor,
+                       t_min: Tensor, t_max: Tensor, kw: dict) -> tuple[Tensor, Tensor]:
+        """``(v_g, v_c)`` ``[B, *S]``, no gradient (:func:`~meanflow.methods.imf_guidance.guided_target`
+        with this model's null class); subclasses (pmf) call it too."""
+        return guided_target(net, z, t, v, y, omega, t_min, t_max, kw, self.num_classes)
+
+    def _forward_pair(self, net: nn.Module, z: Tensor, t: Tensor, h: Tensor, y: Tensor | None, v_c: Tensor,
+                      kw: dict, rows: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(u, du/dt, v_pred)`` from one network call (:func:`~meanflow.methods.imf_objective.forward_pair`;
+        ``v_pred`` only when ``v_weight > 0``); subclasses (pmf) call it too."""
+        return forward_pair(net, z, t, h, y, v_c, kw, rows, self.v_weight != 0)
 
     # ------------------------------------------------------------------ sampling
 
