@@ -218,3 +218,19 @@ def test_scd_options_and_missing_head():
     out = build_method("sct", adaptive_weight=False).loss(TinyNet(tangent_mode=True), torch.randn(4, 2),
                                                           progress=Progress(0, 1))
     assert torch.isfinite(out.loss)
+
+
+def test_the_builder_gives_each_network_its_log_variance_head():
+    from meanflow.training.build import build_net
+    from meanflow.training.presets import resolve_config
+
+    for preset, shape in (("mnist", (1, 28, 28)), ("toy-2d", (2,))):
+        cfg = resolve_config(preset, overrides=["method.name=sct"])
+        net = build_net(cfg, shape, 10 if preset == "mnist" else 0, build_method("sct"))
+        lv = net.logvar(torch.rand(3), torch.zeros(3)).detach()
+        assert float(lv.abs().max()) == 0.0
+    cfg = resolve_config("toy-2d", overrides=["method.name=sct", "network.kwargs.log_variance=false"])
+    with pytest.raises(UserError, match="log_variance"):
+        build_net(cfg, (2,), 0, build_method("sct"))
+    cfg = resolve_config("toy-2d", overrides=["method.name=sct", "method.kwargs.adaptive_weight=false"])
+    assert build_net(cfg, (2,), 0, build_method("sct", adaptive_weight=False)).logvar is None

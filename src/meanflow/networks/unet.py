@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from meanflow.errors import UserError
 from meanflow.networks import layers as L
 from meanflow.networks.base import TangentNet
-from meanflow.networks.embeddings import LabelEmbedder, TimestepEmbedder, sinusoidal
+from meanflow.networks.embeddings import LabelEmbedder, LogVarianceHead, TimestepEmbedder, sinusoidal
 from meanflow.networks.unet_block import ZERO_GAIN, UNetBlock, xavier
 
 EMBEDDING_ORDERS = ("cos-sin", "sin-cos")
@@ -100,7 +100,11 @@ class SongUNet(TangentNet):
         resample_filter: EDM's 1-D resampling filter of the up/down blocks: ``(1, 1)`` (DDPM++, box /
             nearest) or e.g. ``(1, 3, 3, 1)`` (official MeanFlow). The defaults of these three build
             exactly the network of before.
+        log_variance: add the zero-initialised head ``logvar(t, h) -> [B]`` of the adaptive weightings
+            (sCM, DMF; not part of ``forward``), created last so the other parameters are unchanged.
     """
+
+    fresh_parameters = ("logvar.",)
 
     def __init__(
         self,
@@ -120,6 +124,7 @@ class SongUNet(TangentNet):
         channel_mult_noise: int = 1,
         embedding_order: str = "cos-sin",
         resample_filter: Sequence[int] = (1, 1),
+        log_variance: bool = False,
     ):
         super().__init__()
         taps = _check_options(img_resolution, model_channels, channel_mult, num_blocks, dropout,
@@ -145,6 +150,7 @@ class SongUNet(TangentNet):
                                    kw)
         self.out_norm = L.GroupNorm(cout, eps=1e-6)
         self.out_conv = xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), ZERO_GAIN)
+        self.logvar = LogVarianceHead() if log_variance else None
 
     def _build_embedding(self, model_channels: int, emb_channels: int) -> None:
         """The embedding MLP ``feat -> emb_channels -> emb_channels`` (``feat = 2 noise_channels``:
@@ -288,21 +294,24 @@ with augmentation labels, 55,929,347 without."""
 
 
 def unet_ddpmpp(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
-                num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False) -> SongUNet:
+                num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False,
+                log_variance: bool = False) -> SongUNet:
     """EDM's DDPM++ sizes: 128 channels, ``[2, 2, 2]``, 4 blocks, attention at 16x16, dropout 0.2,
     128 time features each for ``t`` and ``h``, ``[1, 1]`` resampling (55,798,275 parameters).
     Kept as it was so that runs saved with it still load; the official MeanFlow network, which
     differs in its time features and resampling filter, is :func:`unet_meanflow`."""
     return SongUNet(img_resolution=img_resolution, in_channels=in_channels, model_channels=128,
                     channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,), dropout=dropout,
-                    num_classes=num_classes, augment_dim=augment_dim, guidance_cond=guidance_cond)
+                    num_classes=num_classes, augment_dim=augment_dim, guidance_cond=guidance_cond,
+                    log_variance=log_variance)
 
 
 def unet_meanflow(img_resolution: int = 32, in_channels: int = 3, dropout: float = 0.2,
-                  num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False) -> SongUNet:
+                  num_classes: int = 0, augment_dim: int = 0, guidance_cond: bool = False,
+                  log_variance: bool = False) -> SongUNet:
     """The official MeanFlow CIFAR-10 U-Net (:data:`MEANFLOW_CIFAR10`): DDPM++ sizes with 256
     ``[sin, cos]`` time features each for ``t`` and ``h`` and the ``[1, 3, 3, 1]`` resampling filter;
     the released checkpoint has ``augment_dim=6``. ``guidance_cond`` as in :class:`SongUNet`."""
     kw = {**MEANFLOW_CIFAR10, "dropout": dropout}
     return SongUNet(img_resolution=img_resolution, in_channels=in_channels, num_classes=num_classes,
-                    augment_dim=augment_dim, guidance_cond=guidance_cond, **kw)
+                    augment_dim=augment_dim, guidance_cond=guidance_cond, log_variance=log_variance, **kw)
