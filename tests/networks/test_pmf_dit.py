@@ -21,7 +21,7 @@ G = torch.tensor([[1.0, 0.0, 1.0], [3.5, 0.2, 0.7], [8.0, 0.4, 0.65]], dtype=D64
 
 
 def tiny(**kw):
-    cfg = dict(input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=3, num_heads=2,
+    cfg = dict(input_size=8, in_channels=3, patch_size=2, hidden_size=16, depth=2, num_heads=2,
                num_classes=10, bottleneck=6, aux_head_depth=1, frequency_dim=16)
     cfg.update(kw)
     return PMFDiT(**cfg)
@@ -103,7 +103,7 @@ def test_bottleneck_patch_embedding_tangent():
     z, _, _ = _inputs()
     dz = torch.randn_like(z)
     x, dx = net.embed(z, dz)
-    assert x.shape == (3, 16, 32)
+    assert x.shape == (3, 16, 16)
     out, ref, fd = _jvp_and_fd(lambda a: net.embed(a, None)[0], z, dz)
     torch.testing.assert_close(x, out, rtol=0, atol=0)
     torch.testing.assert_close(dx, ref, rtol=1e-12, atol=1e-12)
@@ -120,7 +120,7 @@ def test_token_conditioning_tangent():
     z, t, h = _inputs()
     dt, dh = torch.randn(3, dtype=D64), torch.randn(3, dtype=D64)
     c, dc = net._condition_tokens(t, h, Y, dt, dh, G, 3, z)
-    assert c.shape == (3, 8 + 4 + 2 + 2 + 4, 32)
+    assert c.shape == (3, 8 + 4 + 2 + 2 + 4, 16)
 
     def f(tt, hh):
         return net._condition_tokens(tt, hh, Y, None, None, G, 3, z)[0]
@@ -155,7 +155,7 @@ def test_rope_2d_matches_the_official_layout():
     x = torch.randn(2, 2, net.prefix + 16, 16, generator=g, dtype=D64)
     ang = rope_angles(16, net.prefix, 4, "2d")
     torch.testing.assert_close(rotate(x, ang.cos(), ang.sin()), _official_rope(x, net.prefix, 4))
-    torch.testing.assert_close(net.rope_cos[: net.prefix], torch.ones(net.prefix, 8))
+    torch.testing.assert_close(net.rope_cos[: net.prefix], torch.ones(net.prefix, 4))
 
 
 def test_rope_qk_norm_attention_tangent():
@@ -207,7 +207,7 @@ def test_zero_output_at_init_and_gradients_reach_every_parameter():
 
 
 def test_bad_options_and_inputs_are_one_line_user_errors():
-    for kw in (dict(patch_size=3), dict(num_heads=16), dict(aux_head_depth=4), dict(bottleneck=0),
+    for kw in (dict(patch_size=3), dict(num_heads=8), dict(aux_head_depth=4), dict(bottleneck=0),
                dict(guidance_cond="yes"), dict(class_tokens=0)):
         with pytest.raises(UserError) as err:
             tiny(**kw)
