@@ -11,6 +11,7 @@ Class labels of a conditional model are `i % num_classes` (balanced) unless one 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 
@@ -125,7 +126,7 @@ def check_sample_options(method, options: dict | None) -> dict:
 def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, seed: int = 0,
              batch_size: int = 256, class_label=None, device: str | torch.device = "cpu",
              shape: tuple[int, ...] | None = None, num_classes: int | None = None,
-             sample_options: dict | None = None) -> torch.Tensor:
+             sample_options: dict | None = None, progress=None) -> torch.Tensor:
     """Samples [start, stop) as float32 [stop - start, *shape] on the CPU (images in [-1, 1]).
 
     Calls `method.sample(net, noise, y, steps=steps, generator=SampleNoise(...), **sample_options)`
@@ -133,11 +134,16 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
     network trained with augmentation labels (`augment_dim > 0`) gets zero labels: no augmentation,
     as in EDM. `sample_options` are method-specific keywords of `method.sample` (e.g. iMF's guidance
     `omega=4.0, interval=(0.3, 0.8)`); one the method does not take is a UserError. `class_label`: see
-    `labels_for` (a class, a list of classes, 'random', or None for balanced classes).
+    `labels_for` (a class, a list of classes, 'random', or None for balanced classes). `steps` is at
+    most `meanflow.limits.MAX_STEPS`. `progress`: a bar over the network evaluations (True / False,
+    or None: only on a terminal, rank 0; or a `NetProgress` of the caller that spans several calls; see
+    `meanflow.utils.progress`).
     """
+    from meanflow.limits import check_steps
+    from meanflow.utils.progress import NetProgress
+
     options = check_sample_options(method, sample_options)
-    if steps < 1:
-        raise UserError(f"steps must be >= 1, got {steps}")
+    check_steps(steps, "steps")
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if shape is None or num_classes is None:
@@ -145,29 +151,37 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
         shape = s if shape is None else shape
         num_classes = c if num_classes is None else num_classes
     outs = []
-    for lo in range(start, stop, batch_size):
-        hi = min(lo + batch_size, stop)
-        e = noise_for(lo, hi, shape, seed).to(device)
-        y = labels_for(lo, hi, num_classes, class_label, seed)
-        y = None if y is None else y.to(device)
-        kw = generation_kwargs(net, hi - lo, device)
-        extra = {} if kw is None else {"net_kwargs": kw}
-        gen = SampleNoise(lo, hi, seed)
-        outs.append(method.sample(net, e, y, steps=steps, generator=gen, **extra, **options).float().cpu())
+    own = not isinstance(progress, NetProgress)
+    batches = math.ceil(max(stop - start, 0) / batch_size)
+    with NetProgress(net, batches, progress=progress) if own else contextlib.nullcontext(progress) as bar:
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            e = noise_for(lo, hi, shape, seed).to(device)
+            y = labels_for(lo, hi, num_classes, class_label, seed)
+            y = None if y is None else y.to(device)
+            kw = generation_kwargs(net, hi - lo, device)
+            extra = {} if kw is None else {"net_kwargs": kw}
+            gen = SampleNoise(lo, hi, seed)
+            x = method.sample(net, e, y, steps=steps, generator=gen, **extra, **options)
+            outs.append(x.float().cpu())
+            bar.batch_done()
     return torch.cat(outs) if outs else torch.empty((0, *shape))
 
 
 def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0, batch_size: int = 256,
                    class_label=None, device: str | torch.device = "cpu",
                    rows: tuple[int, int] | None = None, sample_options: dict | None = None,
-                   decode=None) -> np.ndarray:
+                   decode=None, progress: bool | None = None) -> np.ndarray:
     """`n` seeded samples quantised to uint8 [N, H, W, C] (see `generate`, `to_uint8`; `sample_options`
     as there). A latent model needs `decode`: latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]
     (e.g. the VAE of `meanflow.latent.vae.decode_latents`), applied batch by batch.
 
     `rows=(start, stop)` returns only samples [start, stop) of the n (one rank's shard); sample i
-    depends only on (seed, i), so the shards of all ranks concatenate to the full set.
+    depends only on (seed, i), so the shards of all ranks concatenate to the full set. Samples of
+    exploded weights are refused (`refuse_exploded`). `progress`: as for `generate`, one bar for all.
     """
+    from meanflow.utils.progress import NetProgress
+
     start, stop = (0, n) if rows is None else rows
     shape, _ = model_info(net)
     if len(shape) != 3:
@@ -175,9 +189,33 @@ def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0
     if getattr(net, "meanflow_is_latent", False) and decode is None:
         raise UserError("this model generates latents, not images: decode them with the VAE first")
     out = []
-    for lo in range(start, stop, batch_size) if decode is not None else [start]:
-        hi = min(lo + batch_size, stop) if decode is not None else stop
-        x = generate(method, net, lo, hi, steps=steps, seed=seed, batch_size=batch_size,
-                     class_label=class_label, device=device, sample_options=sample_options)
-        out.append(to_uint8(decode(x) if decode is not None else x))
+    with NetProgress(net, math.ceil(max(stop - start, 0) / batch_size), progress=progress) as bar:
+        for lo in range(start, stop, batch_size) if decode is not None else [start]:
+            hi = min(lo + batch_size, stop) if decode is not None else stop
+            x = generate(method, net, lo, hi, steps=steps, seed=seed, batch_size=batch_size,
+                         class_label=class_label, device=device, sample_options=sample_options, progress=bar)
+            x = decode(x) if decode is not None else x
+            refuse_exploded(x, images=True)
+            out.append(to_uint8(x))
     return np.concatenate(out) if out else to_uint8(torch.empty(0, *shape))
+
+
+def refuse_exploded(x: torch.Tensor, images: bool) -> None:
+    """A UserError when generated samples `x` [N, ...] show that the weights, though finite, exploded:
+    a sample holding NaN or infinite values; or (`images`, in [-1, 1]) every value of every sample
+    outside [-1, 1], which quantises to saturated black / white images; or (other data) every value
+    beyond 1e6 in magnitude."""
+    if x.numel() == 0:
+        return
+    flat = x.detach().flatten(1).float()
+    bad = int((~torch.isfinite(flat)).any(1).sum())
+    hint = "the run diverged (e.g. training.lr too high); nothing was written"
+    if bad:
+        raise UserError(f"{bad} of {len(x)} samples hold NaN or infinite values although the weights are "
+                        f"finite: {hint}")
+    low = float(flat.abs().min())
+    if low > (1.0 if images else 1e6):
+        what = "pixel" if images else "value"
+        raise UserError(f"every {what} of all {len(x)} samples is at least {low:.3g} in magnitude (outside "
+                        f"the data range{' [-1, 1]: saturated black / white images' if images else ''}): "
+                        f"{hint}")

@@ -25,6 +25,10 @@ def load_toy2d(name: str, split: str = "train", *, n: int = 100_000, seed: int =
     """
     if n < 1:
         raise UserError(f"{name}: n must be a positive number of points, got {n}")
+    from meanflow.limits import check_fits
+
+    # float32 [n, 2], the sampler's temporaries and the data order (int64 [n]): ~48 bytes a point
+    check_fits(48 * n, f"{n} points of {name}", "lower data.num_points (or -n)")
     from meanflow.data import toy2d  # imported late: it is a separate module with its own owner
 
     seed = seed + (TEST_SEED_OFFSET if split == "test" else 0)
