@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meanflow.errors import UserError
+from meanflow.limits import MAX_GRID, MAX_SEED, MAX_STEPS
 
 # Shapes of the datasets the project ships loaders for, used to validate a config before any data is
 # read (e.g. image size divisible by the DiT patch size). Datasets not listed are checked at run time.
@@ -279,6 +280,7 @@ class TrainingConfig:
         _check(self.precision in ("auto", "fp32", "bf16"), f"training.precision must be auto/fp32/bf16, "
                f"got {self.precision!r}")
         _check(self.num_threads >= 0, "training.num_threads must be >= 0")
+        _check(0 <= self.seed <= MAX_SEED, f"training.seed must be in [0, 2^64 - 1], got {self.seed}")
         _check(self.checkpoint_every > 0, "training.checkpoint_every must be > 0")
         _check(self.keep_last > 0, "training.keep_last must be > 0")
         _check(self.replica_check_every > 0, "training.replica_check_every must be > 0")
@@ -322,9 +324,11 @@ class LoggingConfig:
     def __post_init__(self) -> None:
         _check(self.log_every > 0, "logging.log_every must be > 0")
         _check(self.sample_every > 0, "logging.sample_every must be > 0")
-        _check(self.sample_count > 0, "logging.sample_count must be > 0")
-        _check(self.sample_steps is None or self.sample_steps > 0,
-               "logging.sample_steps must be > 0 (or null: the method's own)")
+        _check(0 < self.sample_count <= MAX_GRID, f"logging.sample_count must be in [1, {MAX_GRID}] (a grid "
+               f"to look at; measure more samples with meanflow eval), got {self.sample_count}")
+        _check(self.sample_steps is None or 0 < self.sample_steps <= MAX_STEPS,
+               f"logging.sample_steps must be in [1, {MAX_STEPS}] (or null: the method's own), got "
+               f"{self.sample_steps}")
 
 
 @dataclass
