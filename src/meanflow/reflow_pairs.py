@@ -21,6 +21,8 @@ weights, seed, solver, shape, count, shard size) is refused. No training code is
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +34,11 @@ from torch import nn
 
 from meanflow.data.pairs import FORMAT, MANIFEST, read_manifest, sha256_file, shard_name, shard_ranges
 from meanflow.errors import UserError
+from meanflow.limits import check_seed, check_steps
 from meanflow.methods.rectified_flow import solve_to_data
 from meanflow.methods.solvers import ODE_METHODS
 from meanflow.sampling import generation_kwargs, labels_for, model_info, noise_for
-from meanflow.utils.files import atomic_files
+from meanflow.utils.files import atomic_files, save_safetensors
 
 VELOCITY_METHODS = ("flow_matching", "reflow", "meanflow")
 """Methods whose network at ``h = 0`` is an instantaneous velocity ``v(z, t)`` (MeanFlow's
@@ -72,12 +75,12 @@ class PairsJob:
         for name in ("num_pairs", "shard_size", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed, "seed")
+        check_steps(self.steps, "steps")
         if self.solver not in ODE_METHODS:
             raise UserError(f"unknown solver {self.solver!r}; choose from {', '.join(ODE_METHODS)}")
-        if not (self.rtol > 0 and self.atol > 0):
-            raise UserError(f"rtol and atol must be > 0, got {self.rtol} and {self.atol}")
+        if not (0 < self.rtol < math.inf and 0 < self.atol < math.inf):
+            raise UserError(f"rtol and atol must be finite numbers > 0, got {self.rtol} and {self.atol}")
 
     def solver_record(self) -> dict[str, Any]:
         """The solver as the manifest records it: ``{name, rtol, atol}`` or ``{name, steps}``."""
@@ -125,9 +128,10 @@ def _write_manifest(out: Path, manifest: dict) -> None:
 
 @torch.no_grad()
 def solve_pairs(net: nn.Module, start: int, stop: int, job: PairsJob, *, shape: tuple[int, ...],
-                num_classes: int, device: str | torch.device = "cpu",
+                num_classes: int, device: str | torch.device = "cpu", bar=None,
                 ) -> tuple[dict[str, torch.Tensor], int, float]:
-    """Pairs [start, stop), in batches aligned to multiples of ``job.batch_size``.
+    """Pairs [start, stop), in batches aligned to multiples of ``job.batch_size`` (``bar``: a progress
+    bar moved by each batch's pairs).
 
     Returns:
         ``(tensors, nfe, nfe_per_pair)``: ``noise`` and ``sample`` float32 ``[n, *shape]`` (CPU), ``y``
@@ -153,6 +157,8 @@ def solve_pairs(net: nn.Module, start: int, stop: int, job: PairsJob, *, shape: 
             labels.append(y)
         nfe += n_eval
         weighted += n_eval * (hi - lo)
+        if bar is not None:
+            bar.update(hi - lo)
         lo = hi
     tensors = {"noise": torch.cat(noises).contiguous(), "sample": torch.cat(samples).contiguous()}
     if num_classes:
@@ -161,28 +167,29 @@ def solve_pairs(net: nn.Module, start: int, stop: int, job: PairsJob, *, shape: 
 
 
 def write_pairs(net: nn.Module, out_dir: str | Path, job: PairsJob, *, source: dict[str, Any],
-                device: str | torch.device = "cpu", echo: Callable[[str], None] = print) -> dict[str, Any]:
+                device: str | torch.device = "cpu", echo: Callable[[str], None] = print,
+                progress: bool | None = None) -> dict[str, Any]:
     """Write (or finish) the pairs folder ``out_dir`` for ``job`` from the velocity network ``net``.
 
     Args:
         net: Velocity network at ``h = 0`` with ``meanflow_shape`` / ``meanflow_num_classes`` (as
             ``load_generator`` returns it), on ``device``, in eval mode.
-        out_dir: The folder (created if needed; one that holds files but no manifest is refused).
+        out_dir: The folder (created if needed; one that holds files but no manifest is refused). What
+            this call created (the folder, its manifest) is removed when it fails before its first shard.
         job: What to write.
         source: Where the network came from, recorded under ``source`` in the manifest; the keys
             ``config_sha256``, ``step``, ``weights`` and ``method`` must match on resume.
         device: Where the ODE is solved.
         echo: Progress lines (one per shard) and the final summary.
+        progress: A bar over the pairs to solve (see ``meanflow.utils.progress``).
 
     Returns:
         The final manifest (``complete`` true).
 
     Raises:
-        UserError: A folder made by another command or not a pairs folder, an unwritable folder, or a
-            model whose ODE diverges.
+        UserError: A folder made by another command or not a pairs folder, an unwritable folder or
+            disk, or a model whose ODE diverges.
     """
-    from safetensors.torch import save_file
-
     shape, classes = model_info(net)
     out = Path(out_dir)
     is_latent = bool(getattr(net, "meanflow_is_latent", False))
@@ -190,7 +197,8 @@ def write_pairs(net: nn.Module, out_dir: str | Path, job: PairsJob, *, source: d
              "shape": list(shape), "num_classes": classes, "is_latent": is_latent,
              "num_pairs": job.num_pairs, "shard_size": job.shard_size, "batch_size": job.batch_size,
              "shards": [], "nfe_total": 0, "nfe_mean": None, "complete": False}
-    if (out / MANIFEST).exists():
+    created, fresh_manifest = not out.exists(), not (out / MANIFEST).exists()
+    if not fresh_manifest:
         manifest = read_manifest(out)
         check_same_job(manifest, fresh, out / MANIFEST)
     else:
@@ -202,37 +210,56 @@ def write_pairs(net: nn.Module, out_dir: str | Path, job: PairsJob, *, source: d
         except OSError as e:
             raise UserError(f"cannot create --out folder {out}: {e.strerror or e}") from None
         manifest = fresh
-        _write_manifest(out, manifest)
+    try:
+        if not manifest["shards"]:
+            _write_manifest(out, manifest)
+        _write_shards(net, out, job, manifest, shape, classes, device, echo, progress)
+    except BaseException:
+        if fresh_manifest and not manifest["shards"]:  # leave nothing of this call behind
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                (out / MANIFEST).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def _write_shards(net: nn.Module, out: Path, job: PairsJob, manifest: dict, shape, classes, device, echo,
+                  progress) -> None:
+    """Solve and write every shard the manifest does not list as intact; complete the manifest."""
+    from meanflow.utils.progress import progress_bar
+
     ranges = shard_ranges(job.num_pairs, job.shard_size)
     done = {s["file"]: s for s in manifest["shards"]}
-    written = skipped = new_pairs = 0
-    t_start = time.perf_counter()
+    todo = [(k, lo, hi) for k, (lo, hi) in enumerate(ranges)
+            if not _intact(out / shard_name(k), done.get(shard_name(k)), lo, hi)]
     for k, (lo, hi) in enumerate(ranges):
-        name, where = shard_name(k), f"shard {k + 1}/{len(ranges)} [{lo}, {hi})"
-        entry = done.pop(name, None)
-        if _intact(out / name, entry, lo, hi):
-            done[name] = entry
-            skipped += 1
-            echo(f"{where}: complete (sha256 verified), kept")
-            continue
-        if entry is not None:
-            echo(f"{where}: does not match its sha256 in {MANIFEST}, computing it again")
-        t0 = time.perf_counter()
-        tensors, nfe, per_pair = solve_pairs(net, lo, hi, job, shape=shape, num_classes=classes,
-                                             device=device)
-        with atomic_files("a pairs shard") as files:
-            # One metadata entry: safetensors writes several in no fixed order, and the bytes (the
-            # sha256) of a shard must be a function of its pairs.
-            meta = json.dumps({"format": FORMAT, "start": lo, "stop": hi}, sort_keys=True)
-            save_file(tensors, str(files.tmp(out / name)), metadata={"meanflow_pairs": meta})
-        done[name] = {"file": name, "start": lo, "stop": hi, "sha256": sha256_file(out / name),
-                      "batch_size": job.batch_size, "nfe": nfe, "nfe_per_pair": per_pair}
-        manifest["shards"] = [done[n] for n in sorted(done)]
-        _write_manifest(out, manifest)
-        written += 1
-        new_pairs += hi - lo
-        dt = max(time.perf_counter() - t0, 1e-9)
-        echo(f"{where}: {(hi - lo) / dt:.1f} pairs/s, NFE {per_pair:.1f} per pair")
+        if all(k != j for j, _, _ in todo):
+            echo(f"shard {k + 1}/{len(ranges)} [{lo}, {hi}): complete (sha256 verified), kept")
+    bar = progress_bar(sum(hi - lo for _, lo, hi in todo), "reflow-pairs", "pair", progress)
+    t_start = time.perf_counter()
+    try:
+        for k, lo, hi in todo:
+            name, where = shard_name(k), f"shard {k + 1}/{len(ranges)} [{lo}, {hi})"
+            if done.pop(name, None) is not None:
+                echo(f"{where}: does not match its sha256 in {MANIFEST}, computing it again")
+            t0 = time.perf_counter()
+            tensors, nfe, per_pair = solve_pairs(net, lo, hi, job, shape=shape, num_classes=classes,
+                                                 device=device, bar=bar)
+            with atomic_files("a pairs shard") as files:
+                # One metadata entry: safetensors writes several in no fixed order, and the bytes (the
+                # sha256) of a shard must be a function of its pairs.
+                meta = json.dumps({"format": FORMAT, "start": lo, "stop": hi}, sort_keys=True)
+                save_safetensors(tensors, files.tmp(out / name), metadata={"meanflow_pairs": meta})
+            done[name] = {"file": name, "start": lo, "stop": hi, "sha256": sha256_file(out / name),
+                          "batch_size": job.batch_size, "nfe": nfe, "nfe_per_pair": per_pair}
+            manifest["shards"] = [done[n] for n in sorted(done)]
+            _write_manifest(out, manifest)
+            dt = max(time.perf_counter() - t0, 1e-9)
+            echo(f"{where}: {(hi - lo) / dt:.1f} pairs/s, NFE {per_pair:.1f} per pair")
+    finally:
+        if bar is not None:
+            bar.close()
     entries = [done[n] for n in sorted(done)]
     manifest["shards"] = entries
     manifest["nfe_total"] = sum(int(s.get("nfe", 0)) for s in entries)
@@ -240,7 +267,6 @@ def write_pairs(net: nn.Module, out_dir: str | Path, job: PairsJob, *, source: d
                                for s in entries) / job.num_pairs
     manifest["complete"] = True
     _write_manifest(out, manifest)
-    rate = new_pairs / max(time.perf_counter() - t_start, 1e-9)
-    echo(f"{job.num_pairs} pairs in {out} ({written} shard(s) written, {skipped} kept; {job.describe()}): "
-         f"{rate:.1f} pairs/s, mean NFE {manifest['nfe_mean']:.1f} per pair")
-    return manifest
+    rate = sum(hi - lo for _, lo, hi in todo) / max(time.perf_counter() - t_start, 1e-9)
+    echo(f"{job.num_pairs} pairs in {out} ({len(todo)} shard(s) written, {len(ranges) - len(todo)} kept; "
+         f"{job.describe()}): {rate:.1f} pairs/s, mean NFE {manifest['nfe_mean']:.1f} per pair")

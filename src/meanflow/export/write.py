@@ -17,12 +17,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from meanflow.errors import UserError
 from meanflow.export.card import render_card
 from meanflow.export.layout import CARD, CONFIG, SAMPLES, VAE_DIR, WEIGHTS
-from meanflow.utils.files import reason
+from meanflow.utils.files import reason, save_safetensors
 
 GRID_SEED = 0
 
@@ -91,7 +90,7 @@ def _stage(stage: Path, method, net, config: dict, vae, store_vae: bool, device,
         config["sampling"]["grid"] = grid
         png.save(stage / SAMPLES, format="PNG")
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(stage / WEIGHTS), metadata={"format": config["format"]})
+    save_safetensors(tensors, stage / WEIGHTS, metadata={"format": config["format"]})
     (stage / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (stage / CARD).write_text(render_card(config, repo), encoding="utf-8")
     if vae is not None and store_vae:

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
 from meanflow.errors import UserError
-from meanflow.utils.files import atomic_files
+from meanflow.utils.files import atomic_files, save_safetensors
 
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 # Temporary files of an interrupted atomic write (`.<name>.tmp<pid>[.ext]`), in a run folder or below,
@@ -105,7 +105,7 @@ def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
     state["has_target"] = target is not None
     metadata = {"format": FORMAT, "config": json.dumps(config), "state": json.dumps(state)}
     with atomic_files(user_errors=False) as files:
-        save_file(tensors, str(files.tmp(path)), metadata=metadata)
+        save_safetensors(tensors, files.tmp(path), metadata=metadata, writer=save_file)
     return path
 
 
@@ -254,6 +254,21 @@ class Checkpoint:
             if v.is_floating_point() and not tensors[k].is_floating_point():
                 raise UserError(f"{bad} has dtype {tensors[k].dtype}, expected floating point")
         return tensors
+
+    def nonfinite(self, prefixes: tuple[str, ...] = ("model/", "ema/", "target/")) -> list[str]:
+        """Names of the floating-point tensors under `prefixes` that hold a NaN or an infinity (read one
+        at a time: memory stays at one tensor)."""
+        bad = []
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                for k in self._keys:
+                    if k.startswith(prefixes):
+                        t = f.get_tensor(k)
+                        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                            bad.append(k)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read checkpoint {self.path}: {e}") from None
+        return bad
 
     def ema(self, decay: float) -> dict[str, torch.Tensor]:
         decay = float(decay)

@@ -151,6 +151,32 @@ def prepare_output(path: str | os.PathLike, label: str, create: bool = True) -> 
     return path
 
 
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None,
+                     writer=None) -> None:
+    """``safetensors.torch.save_file`` whose I/O failures raise an ``OSError`` (errno, strerror, path).
+
+    safetensors writes the file itself (its own temp file beside ``path``, then a rename) and reports
+    a full or read-only disk as a ``SafetensorError`` ("... No space left on device (os error 28) ...");
+    turned into the ``OSError`` it wraps, :func:`atomic_files` and the commands report it in one line.
+    ``writer``: the ``save_file`` to call (default: ``safetensors.torch.save_file``, looked up now).
+    """
+    from safetensors import SafetensorError
+
+    if writer is None:
+        from safetensors.torch import save_file as writer
+    try:
+        writer(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        m = _OS_ERROR.search(str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 # ------------------------------------------------------------------------------------------------------
 # Inputs
 
