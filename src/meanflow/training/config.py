@@ -320,8 +320,20 @@ class LoggingConfig:
     """Also write TensorBoard scalars when tensorboard is installed."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (scalars, sample grids, the resolved config; `pip install wandb`)."""
+    wandb_project: str = "meanflow"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (user or team; None: the default of the credentials)."""
+    wandb_name: str | None = None
+    """W&B run name (None: the run folder's name)."""
+    wandb_mode: str = "online"
+    """'online', 'offline' (files under RUN/wandb/, `wandb sync` later) or 'disabled'."""
 
     def __post_init__(self) -> None:
+        _check(self.wandb_mode in ("online", "offline", "disabled"),
+               f"logging.wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
         _check(self.log_every > 0, "logging.log_every must be > 0")
         _check(self.sample_every > 0, "logging.sample_every must be > 0")
         _check(0 < self.sample_count <= MAX_GRID, f"logging.sample_count must be in [1, {MAX_GRID}] (a grid "

@@ -1,4 +1,5 @@
-"""The run's scalar log: `log.jsonl` (one JSON record per line) and, when installed, TensorBoard.
+"""The run's scalar log: `log.jsonl` (one JSON record per line), TensorBoard when installed, and W&B with
+`logging.wandb=true` (`meanflow.training.wandb_sink`).
 
 Written by rank 0 only. A record is ``{"step": s, "<metric>": float, ...}``; the end-of-run
 evaluation writes ``{"step": s, "eval/<metric>": float, ...}``. Resuming from the checkpoint at
@@ -25,9 +26,11 @@ class Logger:
     log holds every step once.
     """
 
-    def __init__(self, run_dir: Path | None, tensorboard: bool, start: int = 0, final: bool = False) -> None:
+    def __init__(self, run_dir: Path | None, tensorboard: bool, start: int = 0, final: bool = False,
+                 wandb=None) -> None:
         self.path = None if run_dir is None else run_dir / "log.jsonl"
         self.tb = None
+        self.wandb = wandb  # a `WandbSink` (logging.wandb=true, rank 0) or None
         if self.path is not None and start > 0:
             truncate_log(self.path, start, drop_evals=final)
         if run_dir is not None and tensorboard:
@@ -51,10 +54,20 @@ class Logger:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(record)
+
+    def image(self, key: str, path: Path, step: int) -> None:
+        """A sample grid written at `step` (W&B only: the PNG itself is in the run folder)."""
+        if self.wandb is not None:
+            self.wandb.image(key, path, step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
+            self.wandb = None
 
 
 def truncate_log(path: Path, start: int, drop_evals: bool = False) -> None:

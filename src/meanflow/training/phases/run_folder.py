@@ -2,8 +2,9 @@
 
 Rank 0 creates a new numbered run folder (or reuses the resumed checkpoint's, removing the temp files
 a killed process left), writes the resolved config (`config.yaml`, `config.json`) and opens the log,
-which drops the records the interrupted process wrote after its checkpoint. The other ranks get a
-log that writes nothing.
+which drops the records the interrupted process wrote after its checkpoint, with its W&B sink when
+`logging.wandb` is on (the same W&B run again when resuming). The other ranks get a log that writes
+nothing.
 
 Touches: `run.run_dir`, `run.logger` (creates both). Reads `run.cfg`, `run.start`, `run.total`.
 """
@@ -19,6 +20,7 @@ from meanflow.training.checkpoint import Checkpoint, remove_stale_temps, run_dir
 from meanflow.training.config_io import config_to_dict, config_to_yaml
 from meanflow.training.run_log import Logger, write_atomic
 from meanflow.training.rundir import next_run_dir
+from meanflow.training.wandb_sink import WandbSink, check_wandb_settings
 
 if TYPE_CHECKING:
     from meanflow.training.run_state import RunState
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 def open_run_folder(run: RunState, ckpt: Checkpoint | None) -> None:
     """Set `run.run_dir` (rank 0) and `run.logger`, and say what the run will do."""
     cfg, lc, echo = run.cfg, run.cfg.logging, run.echo
+    if lc.wandb and run.info.is_main:
+        check_wandb_settings(lc)  # installed, credentials for online mode: before any run folder
     if run.info.is_main:
         run.run_dir = make_run_dir(ckpt, lc.out_dir, cfg.describe())
         try:
@@ -39,7 +43,10 @@ def open_run_folder(run: RunState, ckpt: Checkpoint | None) -> None:
         echo(f"{len(run.parts.data)} training samples of shape {list(run.parts.shape)}, {run.parts.classes} "
              f"classes; {sum(p.numel() for p in run.net.parameters()) / 1e6:.2f}M parameters; "
              f"{run.info.world_size} process(es) on {run.device.type}; steps {run.start} -> {run.total}")
-    run.logger = Logger(run.run_dir, lc.tensorboard, run.start, final=run.start == run.total)
+    sink = None
+    if lc.wandb and run.info.is_main:
+        sink = WandbSink(run.run_dir, lc, config_to_dict(cfg), resuming=ckpt is not None)
+    run.logger = Logger(run.run_dir, lc.tensorboard, run.start, final=run.start == run.total, wandb=sink)
     if run.info.is_main and run.start == run.total:
         echo(f"checkpoint is at the last step ({run.total}): writing the final outputs only (raise "
              "training.steps to train longer)")

@@ -63,3 +63,6 @@ def _draw(run: RunState, x: torch.Tensor, final: bool) -> None:
         save_points(x, folder / name, reference=ref)
         if final:
             save_points(x, run.run_dir / "samples.png", reference=ref)
+    else:
+        return
+    run.logger.image("samples", folder / name, run.step)
