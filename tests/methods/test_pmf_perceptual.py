@@ -72,8 +72,13 @@ def _lpips_file(path):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def lpips_file(tmp_path_factory):
+    return _lpips_file(tmp_path_factory.mktemp("lpips") / "lpips.safetensors")
+
+
 @pytest.fixture
-def files(tmp_path, monkeypatch):
+def files(tmp_path, monkeypatch, lpips_file):
     lp.clear_cache()
     cx.clear_cache()
     P._VERIFIED.clear()
@@ -85,7 +90,7 @@ def files(tmp_path, monkeypatch):
     conv = tmp_path / "convnext.safetensors"
     save_file({k: v + 0.1 * torch.randn_like(v) for k, v in cx.ConvNeXtV2(depths, dims).state_dict().items()},
               str(conv))
-    yield _lpips_file(tmp_path / "lpips.safetensors"), str(conv)
+    yield lpips_file, str(conv)
     lp.clear_cache()
     cx.clear_cache()
 
