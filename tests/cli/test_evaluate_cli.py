@@ -143,7 +143,7 @@ def test_eval_from_a_checkpoint_generates_quantised_samples(tmp_path, cheap_mode
         return "method", "net", "cfg"
 
     def generate_uint8(method, net, n, steps=1, seed=0, batch_size=256, class_label=None, device="cpu",
-                       rows=None, sample_options=None):
+                       rows=None, sample_options=None, progress=None):
         seen["gen"] = (method, net, n, steps, seed, batch_size, class_label)
         assert rows == (0, n) and not sample_options
         return _images(n, seed=seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from meanflow.cli.common import add_threads_arg, pin_threads
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,15 +19,17 @@ def register(subparsers) -> None:
     p.add_argument("out", metavar="OUT", help="run folder, or OUT.safetensors for a single file")
     p.add_argument("--force", action="store_true",
                    help="replace an existing OUT file / write into a non-empty folder")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from meanflow.convert import convert_py_meanflow, read_torch_checkpoint, write_converted
 
+    pin_threads(args)
     obj = read_torch_checkpoint(args.ckpt)
     conv = convert_py_meanflow(obj, args.ckpt)
-    path = write_converted(conv, args.out, force=args.force)
+    path = write_converted(conv, args.out, force=args.force, source=args.ckpt)
     n = sum(v.numel() for v in conv.model.values())
     decays = ", ".join(repr(d) for d in conv.ema)
     opt = "with" if conv.optimizer is not None else "without"

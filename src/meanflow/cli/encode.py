@@ -8,7 +8,7 @@ Needs the optional extra `pip install 'meanflow[latent]'` (diffusers). See `mean
 
 from __future__ import annotations
 
-from meanflow.errors import UserError
+from meanflow.cli.common import add_threads_arg, check_device, pin_threads
 
 
 def register(subparsers) -> None:
@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                    help="storage of mean and std (default float16)")
     p.add_argument("--shard-size", type=int, default=2048, help="images per shard (default 2048)")
     p.add_argument("--batch-size", type=int, default=64, help="images per VAE call (default 64)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: the local GPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: the local GPU)")
+    add_threads_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -42,10 +43,10 @@ def run(args) -> int:
     from meanflow.latent.vae import require_diffusers
     from meanflow.training import distributed
 
+    check_device(args.device)
     require_diffusers()
+    pin_threads(args)
     cuda = str(args.device).startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available")
     info = distributed.init("cuda" if cuda else "cpu")
     device = f"cuda:{info.local_rank}" if cuda and info.enabled else args.device
     try:

@@ -32,9 +32,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="pt_inception-2015-12-05 state dict (default: $MEANFLOW_INCEPTION_WEIGHTS, "
                         "else the cached/downloaded pytorch-fid file)")
+    from meanflow.cli.common import add_progress_arg, add_threads_arg
+
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_threads_arg(p)
+    add_progress_arg(p)
 
 
 def register(subparsers) -> None:
@@ -92,10 +96,15 @@ def register(subparsers) -> None:
 
 
 def _check_common(args) -> None:
+    from meanflow.cli.common import check_device, pin_threads
+    from meanflow.limits import check_seed
+
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available")
+    check_device(args.device)
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed)
+    pin_threads(args)
 
 
 def _join_ranks(args) -> bool:
@@ -196,10 +205,6 @@ def _generated_path(args) -> Path:
 
 
 def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
-    if args.num_samples < 2:
-        raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
     from meanflow.evaluation.fid import gather_rows, rank_and_world, shard_range
     from meanflow.sampling import generate_uint8
     from meanflow.training.load import load_generator
@@ -207,9 +212,10 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     ckpt = Path(args.checkpoint)
     if not ckpt.exists():
         raise UserError(f"checkpoint not found: {ckpt}")
-    from meanflow.cli.sample import class_choice, guidance_options, latent_decode
+    from meanflow.cli.sample import check_memory, class_choice, guidance_options, latent_decode
 
     method, net, cfg = load_generator(str(ckpt), ema=args.ema, device=args.device)
+    check_memory(args.num_samples, net)
     options = guidance_options(args, method, cfg)
     args.class_label = class_choice(args)
     decode = latent_decode(args, net)  # latent runs: samples decoded by the run's VAE
@@ -219,7 +225,7 @@ def _generate(args, main: bool = True) -> tuple[np.ndarray, Path]:
     local = generate_uint8(method, net, args.num_samples, steps=args.steps, seed=args.seed,
                            batch_size=args.gen_batch_size, class_label=args.class_label, device=args.device,
                            rows=shard_range(args.num_samples, *rank_and_world()), sample_options=options,
-                           **({} if decode is None else {"decode": decode}))
+                           progress=not args.no_progress, **({} if decode is None else {"decode": decode}))
     images = gather_rows(local)
     path = _generated_path(args)
     if not main:
@@ -267,6 +273,16 @@ def run_eval(args) -> dict:
     if args.samples and guided:
         raise UserError("--omega/--interval choose the guidance of generated samples: use them with "
                         "--checkpoint, not --samples")
+    if args.samples and args.vae is not None:
+        raise UserError("--vae decodes the samples of a latent model: use it with --checkpoint, not "
+                        "--samples")
+    if args.checkpoint:
+        from meanflow.limits import check_steps
+
+        if args.num_samples < 2:
+            raise UserError(f"--num-samples must be at least 2, got {args.num_samples}")
+        if args.steps is not None:
+            check_steps(args.steps)
     if args.kid_subsets < 1 or args.kid_subset_size < 2:
         raise UserError("--kid-subsets must be >= 1 and --kid-subset-size >= 2")
     with _ranks(args) as main:

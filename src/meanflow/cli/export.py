@@ -3,7 +3,7 @@ samples.png, README.md model card) that `sample`, `eval`, `load_generator` and t
 
 from __future__ import annotations
 
-from meanflow.errors import UserError
+from meanflow.cli.common import add_threads_arg, check_device, pin_threads
 
 
 def register(subparsers) -> None:
@@ -26,21 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--include-vae", action="store_true",
                    help="latent runs: also store the VAE in OUT_DIR/vae (safetensors), so the export "
                         "decodes without it")
-    p.add_argument("--device", default="cpu", help="where samples.png is drawn: cpu or cuda")
+    p.add_argument("--device", default="cpu", help="where samples.png is drawn: cpu, cuda or cuda:N")
+    add_threads_arg(p)
     p.set_defaults(func=run)
-
-
-def check_device(name: str) -> str:
-    """`name` if it is 'cpu', or 'cuda' / 'cuda:N' with CUDA available; else a UserError."""
-    import torch
-
-    if name == "cpu":
-        return name
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available")
-        return name
-    raise UserError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
 
 
 def run(args) -> int:
@@ -48,6 +36,7 @@ def run(args) -> int:
     from meanflow.export.layout import weights_label
 
     device = check_device(args.device)
+    pin_threads(args)
     config = export_run(args.path, args.out, ema=args.ema, vae=args.vae, include_vae=args.include_vae,
                         device=device)
     grid = config.get("sampling", {}).get("grid")

@@ -1,7 +1,8 @@
 """`meanflow reflow-pairs`: coupled (noise, sample) pairs of a trained flow, for reflow and distill.
 
-    meanflow reflow-pairs runs/00000-toy-2d-flow_matching -n 100000 --out pairs/
-    meanflow train --method reflow --set data.name=pairs --data-dir pairs/ --init-from runs/00000-...
+    meanflow reflow-pairs runs/00000-toy-2d-flow_matching -n 100000        # -> the run's pairs-n100000-seed0/
+    meanflow train --method reflow --set data.name=pairs --data-dir runs/00000-.../pairs-n100000-seed0 \
+        --init-from runs/00000-...
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from meanflow.cli.common import add_progress_arg, add_threads_arg, check_device, check_tolerance, pin_threads
 from meanflow.errors import UserError
 
 
@@ -26,7 +28,8 @@ def register(subparsers) -> None:
                     "command again resumes an interrupted folder.")
     p.add_argument("path", metavar="RUN", help="run folder (newest checkpoint) or checkpoint file")
     p.add_argument("-n", "--num", type=int, required=True, help="number of pairs")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or one to resume)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (new, empty, or one to resume; default: RUN/pairs-n<N>-seed<S>)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--solver", choices=ODE_METHODS, default="rk45",
                    help="ODE solver (default rk45, adaptive, as the rectified-flow reference)")
@@ -39,7 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=10_000, help="pairs per shard file (default 10000)")
     p.add_argument("--ema", default=None,
                    help="EMA decay of the weights, e.g. 0.9999, or 'raw' (default: the run's first EMA)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_threads_arg(p)
+    add_progress_arg(p)
     p.set_defaults(func=run)
 
 
@@ -57,23 +62,37 @@ def describe_source(path: str, ema, cfg) -> dict:
             "ema": ema, "weights": weights_prefix(ckpt, ema)}
 
 
-def run(args) -> int:
-    import torch
+def default_out(args) -> Path:
+    """RUN/pairs-n<N>-seed<S>: the pairs folder inside the source run's folder."""
+    from meanflow.export.layout import is_hub_path
+    from meanflow.training.checkpoint import run_dir_of
 
+    if is_hub_path(args.path):
+        raise UserError(f"{args.path} has no local folder to write into: give --out")
+    p = Path(args.path)
+    run_dir = p if p.is_dir() else (run_dir_of(p) or p.parent)
+    return run_dir / f"pairs-n{args.num}-seed{args.seed}"
+
+
+def run(args) -> int:
+    from meanflow.limits import check_seed, check_steps
     from meanflow.reflow_pairs import DEFAULT_STEPS, VELOCITY_METHODS, PairsJob, write_pairs
     from meanflow.training.load import load_generator
 
     if args.solver == "rk45" and args.steps is not None:
         raise UserError("--steps applies to --solver heun or euler; rk45 picks its own steps (set --rtol, "
                         "--atol)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available")
-    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    check_seed(args.seed)
+    steps = DEFAULT_STEPS if args.steps is None else check_steps(args.steps)
+    check_tolerance(args.rtol, "--rtol")
+    check_tolerance(args.atol, "--atol")
+    check_device(args.device)
     job = PairsJob(num_pairs=args.num, shard_size=args.shard_size, seed=args.seed, solver=args.solver,
                    steps=steps, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size)
-    out = Path(args.out)
+    out = default_out(args) if args.out is None else Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
+    pin_threads(args)
     method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
     if cfg.method.name not in VELOCITY_METHODS:
         raise UserError(f"{args.path} was trained with method {cfg.method.name!r}, whose network is not an "
@@ -81,5 +100,6 @@ def run(args) -> int:
     source = describe_source(args.path, args.ema, cfg)
     print(f"pairs of {args.path} (step {source['step']}, {source['weights'].rstrip('/')} weights, method "
           f"{cfg.method.name}) -> {out}: {args.num} pairs, seed {args.seed}, {job.describe()}", flush=True)
-    write_pairs(net, out, job, source=source, device=args.device, echo=lambda s: print(s, flush=True))
+    write_pairs(net, out, job, source=source, device=args.device, echo=lambda s: print(s, flush=True),
+                progress=not args.no_progress)
     return 0

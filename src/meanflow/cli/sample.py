@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meanflow.cli.common import add_progress_arg, add_threads_arg, check_device, pin_threads
 from meanflow.errors import UserError
 
 
@@ -28,7 +29,9 @@ def register(subparsers) -> None:
                    help="EMA decay to sample with, e.g. 0.9999, or 'raw' (default: the run's first EMA)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="generation batch size")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_threads_arg(p)
+    add_progress_arg(p)
     add_guidance_args(p)
     add_vae_args(p)
     p.add_argument("--no-decode", action="store_true",
@@ -64,8 +67,17 @@ def class_choice(args):
 
 
 def latent_decode(args, net):
-    """The decoder of a latent model's samples (None for a pixel model or with --no-decode)."""
-    if not getattr(net, "meanflow_is_latent", False) or getattr(args, "no_decode", False):
+    """The decoder of a latent model's samples (None for a pixel model or with --no-decode); --vae or
+    --no-decode on a pixel model is a UserError (they would be silently ignored)."""
+    if not getattr(net, "meanflow_is_latent", False):
+        given = (("--vae", args.vae is not None), ("--no-decode", getattr(args, "no_decode", False)))
+        flags = [f for f, on in given if on]
+        if flags:
+            verb = "apply" if len(flags) > 1 else "applies"
+            raise UserError(f"{' and '.join(flags)} {verb} to latent models (trained on a latent cache); "
+                            "this model generates pixels")
+        return None
+    if getattr(args, "no_decode", False):
         return None
     if args.vae_batch_size < 1:
         raise UserError(f"--vae-batch-size must be >= 1, got {args.vae_batch_size}")
@@ -137,6 +149,18 @@ def _out_base(args) -> Path:
     return run_dir / "samples" / tag
 
 
+def check_memory(n: int, net) -> None:
+    """Refuse `n` samples that cannot be held in memory at once (float32 and their copies)."""
+    import math
+
+    from meanflow.limits import check_fits
+
+    shape = getattr(net, "meanflow_shape", None)
+    if shape is None:  # not a network of load_generator: nothing to bound by
+        return
+    check_fits(2 * 4 * n * math.prod(shape), f"-n {n} samples of shape {list(shape)}", "ask for fewer (-n)")
+
+
 def _file(base: Path, suffix: str) -> Path:
     """``base`` plus ``suffix``: ``sample-...-omega2.5`` -> ``sample-...-omega2.5.npz`` (not the
     ``with_suffix`` reading of ``.5`` as a suffix to replace)."""
@@ -152,22 +176,23 @@ def run(args) -> int:
     of OUT.npz and OUT.png is either untouched (its previous complete content, or absent) or the
     complete new file.
     """
-    import torch
-
-    from meanflow.sampling import generate, model_info
+    from meanflow.limits import check_seed, check_steps
+    from meanflow.sampling import generate, model_info, refuse_exploded
     from meanflow.training.load import load_generator
     from meanflow.utils.files import atomic_files, prepare_output
     from meanflow.utils.images import make_grid, png_image, points_image, to_uint8
 
     if args.num < 1:
         raise UserError(f"-n must be >= 1, got {args.num}")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps is not None:
+        check_steps(args.steps)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: CUDA is not available")
+    check_seed(args.seed)
+    check_device(args.device)
+    pin_threads(args)
     method, net, cfg = load_generator(args.path, ema=args.ema, device=args.device)
+    check_memory(args.num, net)
     options = guidance_options(args, method, cfg)
     chosen = class_choice(args)
     decode = latent_decode(args, net)  # a missing or mismatched VAE fails before generating
@@ -179,7 +204,8 @@ def run(args) -> int:
         prepare_output(_file(out, suffix), label, create=False)
     shape, classes = model_info(net)
     x = generate(method, net, 0, args.num, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-                 class_label=chosen, device=args.device, sample_options=options)
+                 class_label=chosen, device=args.device, sample_options=options,
+                 progress=not args.no_progress)
     labels = {}
     if classes:
         from meanflow.sampling import labels_for
@@ -189,6 +215,8 @@ def run(args) -> int:
     if decode is not None:  # latents -> the VAE -> images (the latents are kept beside them)
         labels["latents"] = x.numpy()
         x = decode(x)
+    is_images = len(shape) == 3 and (decode is not None or not getattr(net, "meanflow_is_latent", False))
+    refuse_exploded(x, images=is_images)
     if len(shape) == 3 and (decode is not None or not getattr(net, "meanflow_is_latent", False)):
         images = to_uint8(x)
         arrays = {"images": images, **labels}

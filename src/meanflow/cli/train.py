@@ -22,6 +22,7 @@ FLAGS = {
     "out_dir": "logging.out_dir",
     "data_dir": "data.data_dir",
     "init_from": "training.init_from",
+    "threads": "training.num_threads",
 }
 
 
@@ -41,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="training.lr")
     p.add_argument("--seed", type=int, default=None, help="training.seed")
     p.add_argument("--device", default=None, help="training.device: auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="training.num_threads: CPU threads of torch (default 1; 0: torch's default)")
     p.add_argument("--out-dir", default=None, help="logging.out_dir (parent of the run folders)")
     p.add_argument("--data-dir", default=None, help="data.data_dir")
     p.add_argument("--init-from", default=None, metavar="RUN_OR_CKPT",
@@ -50,7 +53,8 @@ def register(subparsers) -> None:
                    help="data.download: fetch a missing dataset into the cache (md5-verified)")
     p.add_argument("--resume", default=None, metavar="RUN_OR_CKPT",
                    help="continue a run from its newest checkpoint (or this checkpoint file)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, check that its data and network can be built, and exit")
     p.set_defaults(func=run)
 
 
@@ -77,13 +81,80 @@ def resolve(args):
     return resolve_config(args.preset, args.config, [*args.overrides, *flags])
 
 
+def check_resume(path: str) -> None:
+    """Refuse to resume from a checkpoint whose weights hold NaN or infinite values: it is no good state
+    (training from it stops at the first step, blaming it as the last good checkpoint)."""
+    from meanflow.training.checkpoint import list_checkpoints, run_dir_of
+
+    ckpt = Checkpoint(path)
+    bad = ckpt.nonfinite()
+    if not bad:
+        return
+    older = [p for p in list_checkpoints(run_dir_of(ckpt.path) or ckpt.path.parent) if p != ckpt.path]
+    hint = f"resume from an earlier checkpoint file, e.g. {older[-1]}" if older else "start a new run"
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise UserError(f"--resume {path}: checkpoint {ckpt.path} holds non-finite weights ({bad[0]}{more}): it "
+                    f"is not a good state to continue from; {hint}")
+
+
+def preflight(cfg, args) -> None:
+    """Checks that need files beyond the config, before anything is built: the teacher is a velocity
+    model, a resumed checkpoint holds finite weights."""
+    from meanflow.training.teacher import check_teacher_method, teacher_method
+
+    if cfg.training.teacher:
+        name = teacher_method(cfg.training.teacher)
+        if name is not None:
+            check_teacher_method(name, cfg.training.teacher)
+    if args.resume:
+        check_resume(args.resume)
+
+
+def dry_run(cfg) -> None:
+    """Build the data set, the method and the network (on the meta device: no memory for the weights) of
+    `cfg`, so that a dry run fails as the real run would; print what was built. Nothing is downloaded:
+    with `data.download` a data set that is not here yet is taken at its known shape."""
+    import dataclasses
+
+    import torch
+
+    from meanflow.training.build import build_data, build_method_from, build_net, check_pairs, data_shape
+    from meanflow.training.build import num_classes as count_classes
+    from meanflow.training.config import IMAGE_SHAPES
+
+    try:
+        data = build_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, download=False)))
+    except UserError:
+        if not (cfg.data.download and cfg.data.name in IMAGE_SHAPES):
+            raise
+        data = None  # the run downloads it
+    if data is None:
+        pad = cfg.data.options.get("pad_to")
+        c, h, w = IMAGE_SHAPES[cfg.data.name]
+        shape, classes = (c, h, w) if pad is None else (c, int(pad), int(pad)), cfg.expected_classes()
+        what = f"{cfg.data.name} is not here yet (the run downloads it): shape {list(shape)}"
+    else:
+        shape, classes = data_shape(data), count_classes(cfg, data)
+        what = f"{len(data)} training samples of shape {list(shape)}"
+    method = build_method_from(cfg, classes)
+    if data is not None:
+        check_pairs(cfg, data, method)
+    with torch.device("meta"):
+        net = build_net(cfg, shape, classes, method)
+    params = sum(p.numel() for p in net.parameters())
+    print(f"# dry run: {what}, {classes} classes; network {cfg.network.name} with {params / 1e6:.2f}M "
+          "parameters; nothing written")
+
+
 def run(args) -> int:
     cfg = resolve(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank:
         print("# resolved config", file=sys.stdout)
         print(config_to_yaml(cfg), end="", flush=True)
+    preflight(cfg, args)
     if args.dry_run:
+        dry_run(cfg)
         return 0
     from meanflow.training.loop import train
 
