@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +24,13 @@ def load_checked_vae(record: dict | None, name: str | None = None, device: str |
         name: a local folder or Hub id (default: the record's name).
         device: where the VAE is put.
     """
-    from meanflow.latent.vae import VaeIdentity, check_same_vae, require_diffusers, vae_identity
+    from meanflow.latent.vae import (
+        VaeIdentity,
+        check_same_vae,
+        quiet_loading,
+        require_diffusers,
+        vae_identity,
+    )
 
     diffusers = require_diffusers()
     if name is None:
@@ -33,21 +38,14 @@ def load_checked_vae(record: dict | None, name: str | None = None, device: str |
             raise UserError("this model records no VAE (trained on pre-encoded latents): name one (--vae)")
         name = str(record.get("name"))
     local = Path(name).expanduser()
-    import huggingface_hub.utils.logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_loading():
             vae = diffusers.AutoencoderKL.from_pretrained(str(local) if local.exists() else name,
                                                           torch_dtype=torch.float32, use_safetensors=True)
     except Exception as e:  # missing folder, only a pickled .bin, offline, bad config, ...
         hint = "" if local.exists() else " (offline? pass a local folder saved with save_pretrained)"
         raise UserError(f"cannot load the VAE {name!r} from safetensors{hint}: "
                         f"{' '.join(str(e).split())[:300]}") from None
-    finally:
-        hf_logging.set_verbosity(level)
     if record is not None:
         check_same_vae(VaeIdentity.from_dict(record), vae_identity(vae, name), "this model's latents")
     return vae.to(device).eval().requires_grad_(False)

@@ -5,12 +5,15 @@
 Images are ADM-centre-cropped (`data.adm_crop`), encoded with the VAE, and the posterior mean and std
 of each image (and of its horizontal flip with `flips=2`) are stored in shards of `shard_size` images.
 Resumable: a re-run checks that the manifest describes the same files, VAE and options, then skips
-every complete shard. Shardable: rank r of W (torchrun) encodes shards r, r + W, r + 2W, ...
+every complete shard. A run that fails before its first shard leaves no manifest behind, and a manifest
+whose cache holds no encoded shard yet is replaced, so fixing the input and running again always works.
+Shardable: rank r of W (torchrun) encodes shards r, r + W, r + 2W, ...
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,37 +114,62 @@ def encode_folder(src: str | Path, out: str | Path, *, vae: str, size: int = 256
     manifest = Manifest(vae=vae_identity(model, vae), crop_size=size, flips=flips, dtype=dtype,
                         latent_shape=latent_shape(model, size), classes=classes, count=len(files),
                         shard_size=shard_size, files=files_digest(src, files, labels), source=str(src))
-    if (out / "manifest.json").exists():
+    created = not out.exists()
+    if (out / "manifest.json").exists() and _any_shard_done(out):
         _check_same(read_manifest(out), manifest, out)
     elif out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
-    elif rank == 0:
+    elif rank == 0:  # a new cache, or one whose manifest lists no encoded shard yet: (re)written
         write_manifest(out, manifest)
     todo = [k for k in range(rank, manifest.num_shards, world_size) if not shard_complete(out, k)]
     if rank == 0:
         echo(f"{len(files)} images in {len(classes)} classes -> {out}: {manifest.num_shards} shards of "
              f"{shard_size}, latents {list(manifest.latent_shape)} x {flips} flip(s), {dtype}; "
              f"{len(todo)} shard(s) to encode on rank 0 of {world_size}")
+    try:
+        _encode_shards(model, manifest, files, labels, out, todo, size=size, flips=flips, dtype=dtype,
+                       batch_size=batch_size, device=device, progress=progress and rank == 0)
+    except BaseException:
+        if rank == 0 and not _any_shard_done(out):  # nothing encoded: leave no manifest to block a re-run
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                (out / "manifest.json").unlink(missing_ok=True)
+        raise
+    return manifest, len(todo)
+
+
+def _any_shard_done(out: Path) -> bool:
+    """Whether cache folder `out` holds at least one completely encoded shard."""
+    folder = out / "shards"
+    return folder.is_dir() and any(p.suffix == ".done" for p in folder.iterdir())
+
+
+def _encode_shards(model, manifest: Manifest, files: list[Path], labels: np.ndarray, out: Path,
+                   todo: list[int], *, size: int, flips: int, dtype: str, batch_size: int, device: str,
+                   progress: bool) -> None:
+    """Encode shards `todo` of `manifest` (crop, VAE posterior of each image and its flip) into `out`."""
     bar = None
-    if progress and rank == 0:
+    if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="encode", unit="shard", dynamic_ncols=True)
-    for k in todo:
-        lo, hi = manifest.shard_rows(k)
-        means, stds = [], []
-        for b in range(lo, hi, batch_size):
-            imgs = np.stack([read_image(files[i], size) for i in range(b, min(b + batch_size, hi))])
-            if flips == 2:  # [image_0, ..., image_n, flip_0, ..., flip_n] in one VAE call
-                imgs = np.concatenate([imgs, imgs[:, :, ::-1]])
-            mean, std = encode_posterior(model, imgs, device)
-            n = len(imgs) // flips
-            means.append(mean.view(flips, n, *mean.shape[1:]).transpose(0, 1).numpy())
-            stds.append(std.view(flips, n, *std.shape[1:]).transpose(0, 1).numpy())
-        write_shard(out, k, np.concatenate(means).astype(dtype), np.concatenate(stds).astype(dtype),
-                    labels[lo:hi])
+    try:
+        for k in todo:
+            lo, hi = manifest.shard_rows(k)
+            means, stds = [], []
+            for b in range(lo, hi, batch_size):
+                imgs = np.stack([read_image(files[i], size) for i in range(b, min(b + batch_size, hi))])
+                if flips == 2:  # [image_0, ..., image_n, flip_0, ..., flip_n] in one VAE call
+                    imgs = np.concatenate([imgs, imgs[:, :, ::-1]])
+                mean, std = encode_posterior(model, imgs, device)
+                n = len(imgs) // flips
+                means.append(mean.view(flips, n, *mean.shape[1:]).transpose(0, 1).numpy())
+                stds.append(std.view(flips, n, *std.shape[1:]).transpose(0, 1).numpy())
+            write_shard(out, k, np.concatenate(means).astype(dtype), np.concatenate(stds).astype(dtype),
+                        labels[lo:hi])
+            if bar is not None:
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return manifest, len(todo)
+            bar.close()

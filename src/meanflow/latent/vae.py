@@ -10,8 +10,10 @@ the VAE that decodes its samples can be checked to belong together.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +61,8 @@ def require_diffusers():
 
 
 def load_vae(name: str = DEFAULT_VAE, device: str | torch.device = "cpu"):
-    """`AutoencoderKL.from_pretrained(name)` in eval mode, float32, without gradients.
+    """`AutoencoderKL.from_pretrained(name, use_safetensors=True)` in eval mode, float32, without
+    gradients: a folder holding only a pickled `.bin` is refused, never unpickled.
 
     Args:
         name: a local folder written by `save_pretrained` (config.json + weights), or a hub id such as
@@ -70,22 +73,35 @@ def load_vae(name: str = DEFAULT_VAE, device: str | torch.device = "cpu"):
     local = Path(name).expanduser()
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise UserError(f"--vae {name}: no such folder (and not a hub id like {DEFAULT_VAE})")
+    try:
+        with quiet_loading():
+            vae = diffusers.AutoencoderKL.from_pretrained(str(local) if local.exists() else name,
+                                                          torch_dtype=torch.float32, low_cpu_mem_usage=False,
+                                                          use_safetensors=True)
+    except Exception as e:  # OSError (offline, missing files, only a pickled .bin), ValueError, ...
+        msg = " ".join(str(e).split())[:300]
+        hint = "" if local.exists() else " (offline? pass a local folder saved with save_pretrained)"
+        raise UserError(f"cannot load the VAE {name!r} from safetensors{hint}: {msg}") from None
+    return vae.to(device).eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Silence what the hub and diffusers print while a VAE loads (retry warnings, "An error occurred
+    while trying to fetch ...", deprecation notices), so that a failure is the command's one line."""
+    import diffusers.utils.logging as diffusers_logging
     import huggingface_hub.utils.logging as hf_logging
 
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the hub's retry warnings would break the one-line error
+    levels = hf_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.CRITICAL)  # diffusers logs a failed fetch as an error, then raises
+    diffusers_logging.set_verbosity(logging.CRITICAL)
     try:
         with warnings.catch_warnings():  # library deprecation notices, not the user's business
             warnings.simplefilter("ignore")
-            vae = diffusers.AutoencoderKL.from_pretrained(str(local) if local.exists() else name,
-                                                          torch_dtype=torch.float32, low_cpu_mem_usage=False)
-    except Exception as e:  # OSError (offline, missing files), ValueError (bad config), ...
-        msg = " ".join(str(e).split())[:300]
-        hint = "" if local.exists() else " (offline? pass a local folder saved with save_pretrained)"
-        raise UserError(f"cannot load the VAE {name!r}{hint}: {msg}") from None
+            yield
     finally:
-        hf_logging.set_verbosity(level)
-    return vae.to(device).eval().requires_grad_(False)
+        hf_logging.set_verbosity(levels[0])
+        diffusers_logging.set_verbosity(levels[1])
 
 
 def vae_identity(vae, name: str) -> VaeIdentity:
