@@ -13,6 +13,7 @@ slice of the images and the features are all-gathered in order, so every rank re
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Protocol
 
@@ -53,8 +54,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
 
     ``d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2))``, in float64.
 
-    ``method="sqrtm"`` (default) is pytorch-fid's computation: ``scipy.linalg.sqrtm`` of the product;
-    when that is not finite (singular product) ``eps`` is added to both diagonals; a complex root
+    ``method="sqrtm"`` (default) is pytorch-fid's computation: ``scipy.linalg.sqrtm`` of the product
+    (scipy's "Matrix is singular" warning silenced); when that is not finite (singular product) ``eps``
+    is added to both diagonals; a complex root
     with a noticeable imaginary diagonal is an error, a tiny one (round-off) is dropped.
     ``method="eigh"`` computes the same trace as ``sum sqrt(eig(S1^(1/2) S2 S1^(1/2)))`` with two
     symmetric eigendecompositions: equal up to round-off, several times faster at d = 2048 on a CPU.
@@ -70,10 +72,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = 
     diff = mu1 - mu2
     if method == "eigh":
         return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2))
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    with warnings.catch_warnings():  # a singular product is handled below, not the user's business
+        warnings.filterwarnings("ignore", message="Matrix is singular", category=scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(s1.shape[0]) * eps
+            covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"matrix square root has imaginary component {np.abs(covmean.imag).max():.3g}")

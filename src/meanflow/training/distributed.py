@@ -12,6 +12,7 @@ replica on its own data with no error; `check_replicas` catches that kind of dri
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +64,11 @@ def wrap(net: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     if not info.enabled:
         return net
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    # `broadcast_buffers=False` (deprecated in torch 2.13, and the only way to keep buffers out of the
+    # init sync until `init_sync_buffers` exists): its FutureWarning, printed once per rank, is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
 
 
 def unwrap(net: nn.Module) -> nn.Module:
