@@ -6,10 +6,11 @@ the model, and ``(e, x)`` is a *coupled pair* (``meanflow reflow-pairs`` writes 
 dataset reads them back and the training loop passes the stored ``e`` as the ``noise`` override).
 
 * :class:`Reflow` is flow matching on those pairs: ``z_t = (1 - t) x + t e``, target ``e - x``,
-  t uniform as in the reference code, L2. Because the pairs are coupled by a deterministic map,
-  the k-rectified flow's paths are straighter than the (k-1)-th's (fewer steps for the same quality),
-  measured by :func:`meanflow.evaluation.straightness.straightness`. Start it from the previous
-  model (``training.init_from``), as the reference does.
+  t ~ U(0, 1), L2 (the reference code draws t ~ U(eps, 1) with eps = 1e-3, in its reversed time:
+  ``t = rand * (T - eps) + eps``; here the ends are not cut off). Because the pairs are coupled by a
+  deterministic map, the k-rectified flow's paths are straighter than the (k-1)-th's (fewer steps
+  for the same quality), measured by :func:`meanflow.evaluation.straightness.straightness`. Start it
+  from the previous model (``training.init_from``), as the reference does.
 * :class:`Distill` trains a k-step map on the pairs: for k = 1 the network at t = 1 regresses the
   whole displacement, ``|| (e - x) - net(e, 1, 0, y) ||^2``, so that ``x = e - net(e, 1, 0, y)``
   is one Euler step. (The reference runs time the other way, t = 1 data, and trains this at its
@@ -96,10 +97,11 @@ class Reflow(FlowMatching):
     """Reflow: flow matching on coupled (noise, sample) pairs of a previous flow (needs pairs data).
 
     The loss and the samplers are flow matching's; only the default time distribution differs
-    (uniform, as in the reference code) and the loop must give it the pairs' noise.
+    (uniform: U(0, 1); the reference draws U(1e-3, 1)) and the loop must give it the pairs' noise.
 
     Attributes:
-        time_dist: ``"uniform"`` (the reference) or ``"logit_normal"``.
+        time_dist: ``"uniform"`` (U(0, 1); the reference's U(1e-3, 1) up to the cut-off) or
+            ``"logit_normal"``.
         t_mean: Logit-normal mean of t.
         t_std: Logit-normal std of t.
         solver: Sampler: ``"euler"``, ``"heun"`` or ``"rk45"`` (see :class:`FlowMatching`).

@@ -13,9 +13,10 @@ Conventions (converted from the reference code, yang-song/score_sde_pytorch):
   ``z_t = alpha x + sigma e``, ``t ~ U(eps, 1)``; with ``likelihood_weighting`` each sample's term is
   multiplied by ``g(t)^2 / sigma(t)^2`` (the maximum-likelihood weighting of Song et al. 2021b).
   Trap: the reference reduces over the dimensions with ``reduce_mean``, which is ``False`` (half the
-  *sum*) in its base config but ``True`` (the *mean*) in its VP / sub-VP CIFAR-10 configs; the loss
-  here is always the full sum over dimensions (as for every method of this project), i.e. D/2 or D
-  times those values. With Adam that changes little except the effect of gradient clipping.
+  *sum*, ``0.5 * sum_d``) in its base config but ``True`` (the *mean*) in its VP / sub-VP CIFAR-10
+  configs; the loss here is always the full sum over dimensions (as for every method of this
+  project), i.e. 2 times the half-sum or D times the mean (measured). With Adam that changes little
+  except the effect of gradient clipping.
 * **Sampling** starts from ``prior_std * noise`` at t = 1 and stops at ``sample_eps``.
   ``"pc"``: ``steps`` predictor steps at ``t_i = linspace(1, sample_eps, steps)``, each preceded by
   ``corrector_steps`` Langevin steps (NFE = steps (1 + corrector_steps)); Euler-Maruyama uses
@@ -23,8 +24,10 @@ Conventions (converted from the reference code, yang-song/score_sde_pytorch):
   reference does with its N. ``"ode"``: the probability-flow ODE
   ``dz/dt = f(z, t) - g(t)^2 / 2 score(z, t)`` by RK45 (``steps`` ignored) or ``steps`` Euler / Heun
   steps. With ``denoise`` (the reference's ``noise_removal``) PC returns the noise-free mean of its
-  last step and the ODE sampler adds one noise-free reverse-diffusion step at ``sample_eps`` on the
-  reference's 1000-level chain.
+  last predictor step and the ODE sampler adds one noise-free reverse-diffusion step at ``sample_eps``
+  on the reference's 1000-level chain. With predictor ``"none"`` (corrector only) PC returns the last
+  noisy Langevin sample even with ``denoise``, as the reference does (its ``NonePredictor`` returns
+  ``(x, x)``, so ``x_mean`` is the corrector's noisy output, not its mean).
 """
 
 from __future__ import annotations
@@ -83,7 +86,8 @@ class ScoreSDE(Method):
         ode_solver: ``"rk45"`` (adaptive, ``steps`` ignored), ``"euler"`` or ``"heun"`` (``steps`` steps).
         rtol: Relative tolerance of the RK45 sampler.
         atol: Absolute tolerance of the RK45 sampler.
-        denoise: Remove the noise of the last step (the reference's ``noise_removal``).
+        denoise: Remove the noise of the last step (the reference's ``noise_removal``; no effect with
+            predictor ``"none"``, as in the reference).
     """
 
     sde: str = "vp"
@@ -296,7 +300,8 @@ class ScoreSDE(Method):
                     s = self.score(net, z, t, y, net_kwargs)
                     z, z_mean = langevin_step(z, s, self.snr, path.langevin_alpha(t, n), generator)
                     nfe += 1
-            if self.predictor_name == "none":
+            if self.predictor_name == "none":  # the reference's NonePredictor returns (x, x): the
+                z_mean = z                      # last noisy sample, whatever `denoise` says
                 continue
             s = self.score(net, z, t, y, net_kwargs)
             nfe += 1
