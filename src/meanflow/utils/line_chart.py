@@ -47,8 +47,9 @@ def _panel(title: str, xs: list[float], ys: list[float]) -> Image.Image:
     if not fy:
         fy = [0.0]
     y0, y1 = min(fy), max(fy)
-    if y1 - y0 < 1e-12:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    if y1 - y0 < 1e-12 * max(1.0, abs(y0)):  # a flat curve (also at 1e30, where y0 - 0.5 == y0)
+        pad = 0.5 * max(1.0, abs(y0))
+        y0, y1 = y0 - pad, y1 + pad
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x1 = x0 + 1
