@@ -153,7 +153,8 @@ def generate(method, net: nn.Module, start: int, stop: int, *, steps: int = 1, s
     outs = []
     own = not isinstance(progress, NetProgress)
     batches = math.ceil(max(stop - start, 0) / batch_size)
-    with NetProgress(net, batches, progress=progress) if own else contextlib.nullcontext(progress) as bar:
+    with (NetProgress(net, batches, progress=progress, steps=steps) if own
+          else contextlib.nullcontext(progress)) as bar:
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
             e = noise_for(lo, hi, shape, seed).to(device)
@@ -189,7 +190,8 @@ def generate_uint8(method, net: nn.Module, n: int, steps: int = 1, seed: int = 0
     if getattr(net, "meanflow_is_latent", False) and decode is None:
         raise UserError("this model generates latents, not images: decode them with the VAE first")
     out = []
-    with NetProgress(net, math.ceil(max(stop - start, 0) / batch_size), progress=progress) as bar:
+    batches = math.ceil(max(stop - start, 0) / batch_size)
+    with NetProgress(net, batches, progress=progress, steps=steps) as bar:
         for lo in range(start, stop, batch_size) if decode is not None else [start]:
             hi = min(lo + batch_size, stop) if decode is not None else stop
             x = generate(method, net, lo, hi, steps=steps, seed=seed, batch_size=batch_size,

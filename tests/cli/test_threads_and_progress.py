@@ -73,6 +73,11 @@ def test_generation_bar_counts_network_evaluations(monkeypatch, capsys):
     monkeypatch.setattr(progress.NetProgress, "__exit__", record)
     x = generate(FlowMatching(), net, 0, 10, steps=7, batch_size=4, shape=(2,), num_classes=0, progress=True)
     assert x.shape == (10, 2) and seen == [(21, 21)]  # 3 batches of 7 Euler steps: 21 network calls
+    # Heun: more calls than steps; the guessed total opens, then is set from the first batch
+    generate(FlowMatching(solver="heun"), net, 0, 10, steps=7, batch_size=4, shape=(2,), num_classes=0,
+             progress=True)
+    n, total = seen[-1]
+    assert n == total and n % 3 == 0 and n > 21
     assert "sample" in capsys.readouterr().err
     generate(FlowMatching(), net, 0, 10, steps=7, batch_size=4, shape=(2,), num_classes=0)  # None: not a tty
-    assert capsys.readouterr().err == "" and len(seen) == 1
+    assert capsys.readouterr().err == "" and len(seen) == 2

@@ -41,19 +41,24 @@ def progress_bar(total: int | None, desc: str, unit: str, progress: bool | None 
 class NetProgress:
     """A bar over the network evaluations of `batches` batches of sampling with `net`.
 
-    The first batch runs with an open total (its NFE are counted); then the total becomes `batches`
-    times that count. A sampler that never calls `net` as a module (no forward hook fires) moves the
-    bar once per batch instead. Use as a context manager and call `batch_done()` after each batch.
+    The total starts as `steps` evaluations a batch (one per step; left open once the first batch
+    passes it, as a sampler with a corrector or Heun's method does); after the first batch it is
+    `batches` times what that batch took. A sampler that never calls `net` as a module (no forward
+    hook fires) moves the bar once per batch instead. Use as a context manager and call
+    `batch_done()` after each batch.
     """
 
-    def __init__(self, net, batches: int, desc: str = "sample", progress: bool | None = None) -> None:
+    def __init__(self, net, batches: int, desc: str = "sample", progress: bool | None = None,
+                 steps: int | None = None) -> None:
         self.batches, self.done = batches, 0
-        self.bar = progress_bar(None, desc, "NFE", progress)
+        self.bar = progress_bar(None if steps is None else steps * batches, desc, "NFE", progress)
         self.handle = None
         if self.bar is not None and hasattr(net, "register_forward_pre_hook"):
             self.handle = net.register_forward_pre_hook(self._tick)
 
     def _tick(self, module, args) -> None:
+        if self.done == 0 and self.bar.total is not None and self.bar.n >= self.bar.total:
+            self.bar.total = None  # more evaluations a step than guessed: open until the batch ends
         self.bar.update(1)
 
     def batch_done(self) -> None:
