@@ -12,7 +12,7 @@ COMMANDS = {
     "train": [], "sample": ["RUN"], "eval": ["--samples", "s.npz", "--ref", "r.npz"],
     "ref-stats": ["--images", "i", "--out", "o.npz"], "likelihood": ["RUN"],
     "reflow-pairs": ["RUN", "-n", "4"], "encode": ["imgs", "out"], "export": ["RUN", "out"],
-    "convert": ["--from", "py-meanflow", "a.pth", "out"],
+    "convert": ["--from", "py-meanflow", "a.pth", "out"], "push": ["RUN", "--repo", "o/n"],
 }
 
 

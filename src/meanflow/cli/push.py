@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from meanflow.cli.common import add_threads_arg, pin_threads
 from meanflow.errors import UserError
 
 
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--include-vae", action="store_true",
                    help="latent runs: store the VAE in the export (vae/, safetensors)")
     p.add_argument("--message", default=None, help="commit message (default: 'meanflow export')")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -55,6 +57,7 @@ def run(args) -> int:
     hub = require_hub("meanflow push")
     repo = check_repo(args.repo)
     require_credentials(hub)  # before the export: no work when the push cannot happen
+    pin_threads(args)
     if not Path(args.path).exists():
         raise UserError(f"{args.path} not found (give a run folder, checkpoint or export folder)")
     with tempfile.TemporaryDirectory(prefix="meanflow-push-") as tmp:
