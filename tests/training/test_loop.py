@@ -132,3 +132,20 @@ def test_final_grid_and_toy_report_use_the_methods_own_steps(tmp_path):
                          (["method.name=flow_matching", "logging.sample_steps=3"], 3)):
         run = loop.train(tiny_toy(tmp_path, "training.steps=2", *extra), echo=lambda s: None)
         assert json.loads((run / "metrics.json").read_text())["steps"] == steps
+
+
+def test_cli_ctrl_c_exits_130_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    from meanflow.cli import main
+    from meanflow.training.phases import interrupt
+
+    def asked(self):  # as if Ctrl-C came during the first step
+        self.requested, self._old = True, None
+        return self
+
+    monkeypatch.setattr(interrupt.StopFlag, "__enter__", asked)
+    code = main(["train", "--preset", "toy-2d", "--steps", "20", "--out", str(tmp_path), "--set",
+                 "network.kwargs={hidden: 16, depth: 2}", "--set", "data.num_points=512", "--set",
+                 "logging.progress=false"])
+    assert code == 130
+    run = next(tmp_path.iterdir())
+    assert Checkpoint(run).step == 1 and "Continue with: meanflow train --resume" in capsys.readouterr().out

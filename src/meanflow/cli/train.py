@@ -159,7 +159,7 @@ def run(args) -> int:
     from meanflow.training.loop import train
 
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, raise_on_interrupt=True)
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     return 0

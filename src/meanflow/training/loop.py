@@ -44,7 +44,8 @@ a GPU, where the loop checks at its own sync points). Tests set False to run the
 
 
 def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None = None,
-          parts: Parts | None = None, echo: Callable[[str], None] = print) -> Path | None:
+          parts: Parts | None = None, echo: Callable[[str], None] = print,
+          raise_on_interrupt: bool = False) -> Path | None:
     """Train `cfg`; return the run folder on rank 0 (None on other ranks).
 
     Args:
@@ -54,6 +55,8 @@ def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None 
         stop_at: stop after this step as if interrupted (writes a checkpoint); for tests.
         parts: prebuilt dataset / network / method (default: `build_parts(cfg)`).
         echo: where rank 0's one-line messages go.
+        raise_on_interrupt: after a Ctrl-C stop (checkpoint written, message printed) raise
+            KeyboardInterrupt instead of returning, so that the CLI exits 130.
     """
     device = resolve_device(cfg.training.device)
     if cfg.training.num_threads:
@@ -61,14 +64,14 @@ def train(cfg: Config, *, resume: str | Path | None = None, stop_at: int | None 
     owns_group = not torch.distributed.is_initialized()
     info = distributed.init(device.type)
     try:
-        return _train(cfg, info, device, resume, stop_at, parts, echo)
+        return _train(cfg, info, device, resume, stop_at, parts, echo, raise_on_interrupt=raise_on_interrupt)
     finally:
         if owns_group:
             distributed.shutdown()
 
 
 def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume, stop_at, parts,
-           echo) -> Path | None:
+           echo, *, raise_on_interrupt: bool = False) -> Path | None:
     """Build, resume, then optimizer steps each followed by its periodic work, then finish.
 
     Everything that can fail on input fails before `open_run_folder`, so a bad config leaves nothing.
@@ -90,5 +93,8 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
             if stop and run.step < run.total:
                 break
     if run.step < run.total:
-        return stopped_early(run)  # Ctrl-C or stop_at: the checkpoint is written, say how to resume
+        stopped_early(run)  # Ctrl-C or stop_at: the checkpoint is written, say how to resume
+        if flag.requested and raise_on_interrupt:
+            raise KeyboardInterrupt  # the CLI's exit status 130
+        return run.run_dir
     return finish(run)  # final sample grid, 2-D evaluation, loss plot
