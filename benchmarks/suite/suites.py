@@ -74,8 +74,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "toy.jsonl", "2-D head-to-head: every method x 4 data sets x 3 seeds, 2,000 steps, stages counted",
           variants=(DEFAULT, P05)),
     Suite("frontier", "toy", "toy-2d", "mlp128-b256", TOY_BASE, TOY_SETS, FRONTIER_ROWS, 2000, (0, 1, 2),
-          4096, "frontier.jsonl", "the MeanFlow family's frontier (α-Flow, Kim et al.) beside MeanFlow, "
-          "iMF and flow matching: 4 data sets x 3 seeds, 2,000 steps", variants=(DEFAULT, P05_FAMILY)),
+          4096, "frontier.jsonl", "the MeanFlow family's frontier (α-Flow, Kim et al., DMF) and its rivals "
+          "(sCT, sCD, SoFlow, SplitMeanFlow) beside MeanFlow, iMF and flow matching: 4 data sets x 3 seeds, "
+          "2,000 steps", variants=(DEFAULT, P05_FAMILY)),
     Suite("smoke", "toy", "toy-2d", "smoke", (*TOY_BASE, "data.num_points=2000"), ("checkerboard",),
           ("meanflow", "flow_matching"), 50, (0, 1), 256, "smoke.jsonl",
           "CI check of the plumbing: 2 methods x 2 seeds x 50 steps on the checkerboard"),
