@@ -116,3 +116,14 @@ def test_safetensors_disk_errors(runs, tmp_path, capsys, monkeypatch, code, name
     # train: one line naming the checkpoint (its config-only run folder is the training loop's to remove)
     status, err = main(["train", "--out-dir", str(tmp_path / "t"), *TINY]), capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "cannot write checkpoint" in err and name in err, err
+
+
+def test_the_teacher_loader_refuses_a_score_sde_run_too(runs):
+    """Library callers of `train` (and hf:// teachers) skip the CLI's check: the loader checks again."""
+    from meanflow.errors import UserError
+    from meanflow.training.phases.build import load_teacher
+    from meanflow.training.presets import resolve_config
+
+    cfg = resolve_config("toy-2d", overrides=["method.name=cd", f"training.teacher={runs['score_sde']}"])
+    with pytest.raises(UserError, match="noise predictor"):
+        load_teacher(cfg, None, torch.device("cpu"))

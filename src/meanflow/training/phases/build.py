@@ -115,8 +115,11 @@ def load_teacher(cfg: Config, parts: Parts, device: torch.device) -> nn.Module:
     if not cfg.training.teacher:
         raise UserError(f"method {cfg.method.name} needs a teacher: set training.teacher=RUN_OR_CHECKPOINT")
     from meanflow.training.load import load_generator
+    from meanflow.training.teacher import check_teacher_method
 
-    _, teacher, _ = load_generator(cfg.training.teacher, ema=cfg.training.teacher_ema, device=device)
+    tc = cfg.training
+    _, teacher, teacher_cfg = load_generator(tc.teacher, ema=tc.teacher_ema, device=device)
+    check_teacher_method(teacher_cfg.method.name, cfg.training.teacher)  # also hf:// and library callers
     shape, classes = tuple(teacher.meanflow_shape), int(teacher.meanflow_num_classes)
     if shape != tuple(parts.shape) or classes != parts.classes:
         raise UserError(f"teacher {cfg.training.teacher} generates shape {list(shape)} with {classes} "
