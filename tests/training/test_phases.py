@@ -79,3 +79,21 @@ def test_a_step_is_a_function_of_the_seed_and_the_step(tmp_path):
         assert torch.equal(va, vb), k
     assert set(ra.metrics) >= {"loss", "mse", "grad_norm"}
     assert all(torch.equal(v, a.sample_net.state_dict()[k]) for k, v in before.items())
+
+
+def test_slow_samplers_draw_their_training_grids_in_fewer_steps(tmp_path):
+    """Score SDE's grids and 2-D report use its `grid_steps` (100), not its 1000 sampling steps."""
+    import json
+
+    from meanflow.cli import main
+    from meanflow.methods import ScoreSDE
+    from meanflow.methods.flow_matching import FlowMatching
+
+    assert ScoreSDE().grid_steps == 100 and ScoreSDE.default_steps == 1000
+    assert FlowMatching().grid_steps == FlowMatching.default_steps
+    assert main(["train", "--preset", "toy-2d", "--method", "score_sde", "--steps", "2",
+                 "--out", str(tmp_path), "--set", "network.kwargs={hidden: 16, depth: 2}",
+                 "--set", "data.num_points=512",
+                 "--set", "logging.progress=false", "--set", "logging.sample_count=16"]) == 0
+    run = next(tmp_path.iterdir())
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 100

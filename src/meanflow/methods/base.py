@@ -73,6 +73,12 @@ class Method(abc.ABC):
     """Sampling steps the method is meant to be used with (one-step methods 1, an ODE sampler more):
     the grids drawn during and at the end of training and `meanflow sample` use it unless told."""
 
+    @property
+    def grid_steps(self) -> int:
+        """Steps of the training run's sample grids and 2-D report (default: `default_steps`; a slow
+        sampler, Score SDE, sets fewer)."""
+        return self.default_steps
+
     needs_pairs: ClassVar[bool] = False
     """True for a method that only makes sense on coupled (noise, sample) pairs (reflow, distillation
     of a flow): the loop refuses it on data without a ``noise`` tensor. On data that carries one, the

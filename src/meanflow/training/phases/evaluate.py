@@ -1,7 +1,7 @@
 """The evaluation phase of a 2-D run: its samples against fresh test points, once at the end.
 
 ``sliced_wasserstein`` and ``energy_distance`` between 4096 samples (`logging.sample_steps` steps,
-default the method's `default_steps`; seed ``training.seed + 1``) and 4096 test points of the same
+default the method's `grid_steps`; seed ``training.seed + 1``) and 4096 test points of the same
 toy distribution (seed ``training.seed``). Rank 0 only, under a forked RNG.
 
 Touches: `metrics.json` and one ``eval/`` record of the log. Reads `run.sample_net` (holding what the
@@ -28,12 +28,13 @@ def toy_report(run: RunState) -> None:
     from meanflow.sampling import generate
 
     cfg, parts, net = run.cfg, run.parts, run.sample_net
-    n, steps = 4096, cfg.logging.sample_steps or parts.method.default_steps
+    n, steps = 4096, cfg.logging.sample_steps or parts.method.grid_steps
     ref = build_dataset(cfg.data.name, split="test", n=n, seed=cfg.training.seed).x
     dev = next(net.parameters()).device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         x = generate(parts.method, net, 0, n, steps=steps, seed=cfg.training.seed + 1, batch_size=n,
-                     device=dev, shape=parts.shape, num_classes=0)
+                     device=dev, shape=parts.shape, num_classes=0,
+                     progress=None if cfg.logging.progress and run.info.is_main else False)
     metrics = {"sliced_wasserstein": float(sliced_wasserstein(x, ref)), "energy_distance":
                float(energy_distance(x, ref))}
     record = {"step": run.step, "steps": steps, **metrics}

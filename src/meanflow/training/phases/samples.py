@@ -37,8 +37,9 @@ def sample_grid(run: RunState, final: bool = False) -> None:
     run.sample_net.to(run.device)
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         x = generate(parts.method, run.sample_net, run.info.rank * per, (run.info.rank + 1) * per,
-                     steps=lc.sample_steps or parts.method.default_steps, seed=tc.seed,
-                     batch_size=max(per, 1), device=run.device, shape=parts.shape, num_classes=parts.classes)
+                     steps=lc.sample_steps or parts.method.grid_steps, seed=tc.seed,
+                     batch_size=max(per, 1), device=run.device, shape=parts.shape, num_classes=parts.classes,
+                     progress=None if lc.progress and run.info.is_main else False)
     if run.sharded:
         run.sample_net.cpu()
     x = distributed.all_gather_cat(x.to(run.device)).cpu()[:n]
