@@ -189,6 +189,13 @@ ENTRIES += (
     Entry("soflow", "soflow", "SoFlow (solution map, no JVP)", (1, 2), (1, 2)),
     Entry("splitmeanflow", "splitmeanflow", "SplitMeanFlow (interval splitting, no JVP)", (1, 2, 4), (1, 2)),
 )
+# Issue 26: pixel MeanFlow on MNIST's pixels (x-prediction, the published (t, r) and guidance draws), on the
+# head-to-head's U-Net, which has no v-head: the auxiliary velocity is the u-head at h = 0 (iMF's reading),
+# and no perceptual losses (their weights are user-supplied files).
+ENTRIES += (
+    Entry("pmf", "pmf", "pixel MeanFlow (x-prediction; U-Net, no v-head, no perceptual loss)", (), (1, 2),
+          overrides=("method.kwargs.aux_head=false",)),
+)
 BY_NAME = {e.name: e for e in ENTRIES}
 TOY_ROWS = ("meanflow", "flow_matching", "ct", "ict", "cd", "shortcut", "imf", "score_sde", "score_sde_ode",
             "score_sde_rk45", "reflow", "distill", "meanflow_ft")

@@ -18,7 +18,9 @@ from benchmarks.suite.spec import DEFAULT, FRONTIER_ROWS, TOY_ROWS, Suite, Varia
 TOY_BASE = ("network.kwargs.hidden=128", "network.kwargs.depth=4", "training.batch_size=256",
             "logging.sample_every=1000000", "logging.sample_count=1024", "logging.sample_steps=1")
 TOY_SETS = ("checkerboard", "8gaussians", "moons", "spirals")
-MNIST_BASE = ("data.split=train", "logging.sample_every=1000000", "logging.sample_steps=1")
+# MNIST runs checkpoint every 200 steps: a run cut off (a session's end) resumes from its newest checkpoint.
+MNIST_BASE = ("data.split=train", "logging.sample_every=1000000", "logging.sample_steps=1",
+              "training.checkpoint_every=200")
 
 
 def _v(group: str, name: str, label: str, *overrides: str, entries=("meanflow",)) -> Variant:
@@ -95,7 +97,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           variants=RECIPE),
     Suite("mnist", "mnist", "mnist", "unet16", MNIST_BASE, ("mnist",),
           ("meanflow", "flow_matching", "imf", "ict", "shortcut", "reflow", "distill", "alphaflow", "sct",
-           "scd", "soflow", "splitmeanflow"), 1200,
+           "scd", "soflow", "splitmeanflow", "pmf"), 1200,
           (0, 1), 2000,
           "mnist.jsonl", "MNIST head-to-head: FID / KID of 2,000 samples vs the 10,000 test images, 2 seeds"),
     Suite("mnist-curves", "mnist", "mnist", "unet16", MNIST_BASE, ("mnist",), ("meanflow", "flow_matching"),
