@@ -113,9 +113,10 @@ def test_safetensors_disk_errors(runs, tmp_path, capsys, monkeypatch, code, name
     argv = ["reflow-pairs", runs["flow_matching"], "-n", "4", "--solver", "euler", "--steps", "2",
             "--out", tmp_path / "pairs", "--no-progress"]
     fails_cleanly(capsys, argv, "cannot write a pairs shard to", tmp_path)
-    # train: one line naming the checkpoint (its config-only run folder is the training loop's to remove)
+    # train: one line naming the checkpoint, and no run folder left (it held nothing to resume from)
     status, err = main(["train", "--out-dir", str(tmp_path / "t"), *TINY]), capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "cannot write checkpoint" in err and name in err, err
+    assert not list((tmp_path / "t").iterdir())
 
 
 def test_the_teacher_loader_refuses_a_score_sde_run_too(runs):

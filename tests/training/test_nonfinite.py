@@ -127,5 +127,27 @@ def test_diverging_lr_exits_3_without_a_checkpoint(tmp_path, capsys):
                  "--set", "training.checkpoint_every=1", "--set", "training.grad_clip=null"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3 and len(err) == 1 and err[0].startswith("meanflow: error: non-finite loss or gradients")
-    run = next(tmp_path.iterdir())
-    assert all(_all_finite(c) for c in list_checkpoints(run))
+    runs = list(tmp_path.iterdir())  # no folder when it diverged before the first checkpoint
+    assert all(list_checkpoints(run) and all(_all_finite(c) for c in list_checkpoints(run)) for run in runs)
+
+
+def test_failure_before_the_first_checkpoint_leaves_no_run_folder(tmp_path):
+    """Non-finite loss at step 2 of a fresh run with its first checkpoint due at step 4: no folder is left
+    (nothing in it could be resumed); the same failure after a checkpoint keeps the folder."""
+    cfg = tiny_toy(tmp_path, "training.checkpoint_every=4", "training.steps=8", "logging.tensorboard=true")
+    with pytest.raises(NonFiniteError, match="no checkpoint was written yet"):
+        loop.train(cfg, parts=_parts(cfg, {2}), echo=lambda s: None)
+    assert not list((tmp_path / "runs").iterdir())
+    with pytest.raises(NonFiniteError, match="last good checkpoint"):
+        loop.train(cfg, parts=_parts(cfg, {6}), echo=lambda s: None)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert [c.name for c in list_checkpoints(run)] == ["ckpt-0000004.safetensors"]
+    assert (run / "config.yaml").is_file() and (run / "log.jsonl").is_file()
+
+
+def test_a_failed_resume_keeps_its_run_folder(tmp_path):
+    cfg = tiny_toy(tmp_path, "training.checkpoint_every=4", "training.steps=8")
+    run = loop.train(cfg, stop_at=4, echo=lambda s: None)
+    with pytest.raises(NonFiniteError):
+        loop.train(cfg, resume=run, parts=_parts(cfg, {1}), echo=lambda s: None)
+    assert [c.name for c in list_checkpoints(run)] == ["ckpt-0000004.safetensors"]

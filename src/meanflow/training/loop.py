@@ -28,10 +28,11 @@ from meanflow.training.phases.interrupt import StopFlag
 from meanflow.training.phases.log import start_progress
 from meanflow.training.phases.periodic import periodic_work
 from meanflow.training.phases.resume import RESUMABLE_CHANGES, check_resumable, open_checkpoint, resume_run
-from meanflow.training.phases.run_folder import open_run_folder
+from meanflow.training.phases.run_folder import discarded_on_failure, open_run_folder
 from meanflow.training.phases.step import AUGMENT_STREAM, train_step
 from meanflow.training.phases.update import apply_update, build_optimizer, optimizer_step
 from meanflow.training.run_log import truncate_log
+from meanflow.training.run_state import RunState
 
 # Kept importable from here, where they used to live (code and tests import them from `loop`).
 __all__ = ["AUGMENT_STREAM", "CHECK_EACH_STEP", "RESUMABLE_CHANGES", "Parts", "apply_update",
@@ -81,8 +82,13 @@ def _train(cfg: Config, info: distributed.DistInfo, device: torch.device, resume
     run = build_run(cfg, info, device, micro, ckpt, parts, echo, check_each_step=CHECK_EACH_STEP)
     if ckpt is not None:
         resume_run(run, ckpt)  # EMAs, target, optimizer, data order and step of the checkpoint
-    open_run_folder(run, ckpt)  # rank 0: run folder, config files, log
+    with discarded_on_failure(run, fresh=ckpt is None):  # an error before any checkpoint leaves no folder
+        open_run_folder(run, ckpt)  # rank 0: run folder, config files, log
+        return _steps_then_finish(run, stop_at, raise_on_interrupt)
 
+
+def _steps_then_finish(run: RunState, stop_at: int | None, raise_on_interrupt: bool) -> Path | None:
+    """Optimizer steps, each followed by its periodic work; then the finish (or the early stop)."""
     bar = start_progress(run)
     run.net.train()
     # The bar is closed (its line ended) before any error message is printed.

@@ -11,12 +11,14 @@ Touches: `run.run_dir`, `run.logger` (creates both). Reads `run.cfg`, `run.start
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meanflow.errors import UserError
-from meanflow.training.checkpoint import Checkpoint, remove_stale_temps, run_dir_of
+from meanflow.training.checkpoint import Checkpoint, list_checkpoints, remove_stale_temps, run_dir_of
 from meanflow.training.config_io import config_to_dict, config_to_yaml
 from meanflow.training.run_log import Logger, write_atomic
 from meanflow.training.rundir import next_run_dir
@@ -37,6 +39,8 @@ def open_run_folder(run: RunState, ckpt: Checkpoint | None) -> None:
             write_atomic(run.run_dir / "config.yaml", config_to_yaml(cfg))
             write_atomic(run.run_dir / "config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
         except OSError as e:
+            if ckpt is None:
+                shutil.rmtree(run.run_dir, ignore_errors=True)
             raise UserError(f"cannot write the config into run folder {run.run_dir}: "
                             f"{e.strerror or e}") from None
         echo(f"run folder: {run.run_dir}")
@@ -65,3 +69,24 @@ def make_run_dir(ckpt: Checkpoint | None, out_dir: str, desc: str) -> Path:
     except OSError as e:
         where = run_dir or out_dir
         raise UserError(f"cannot create a run folder in {where}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def discarded_on_failure(run: RunState, fresh: bool):
+    """On an error before the run's first checkpoint, remove the new run folder (rank 0), then re-raise.
+
+    A run folder exists only while it holds something to resume from: an error in a fresh run (bad
+    data found late, a full disk, non-finite loss at step 3, a second Ctrl-C) leaves no folder with a
+    config and a few log lines that `--resume` cannot use. A resumed run's folder, and any run that has
+    written a checkpoint, is kept as it is (the checkpoint is the last good state).
+    """
+    try:
+        yield
+    except BaseException:
+        run_dir = run.run_dir
+        if fresh and run.info.is_main and run_dir is not None and not list_checkpoints(run_dir):
+            if run.logger is not None:
+                with contextlib.suppress(Exception):
+                    run.logger.close()  # TensorBoard / W&B writers hold files in the folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
