@@ -49,6 +49,10 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention on tokens ``[B, N, D]`` with fused SDPA in the primal."""
 
+    muon_row_blocks = {"qkv.weight": 3}
+    """``qkv.weight`` stacks the q, k and v matrices (rows): three matrices for Muon
+    (:mod:`meanflow.training.muon`)."""
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads

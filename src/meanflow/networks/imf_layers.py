@@ -74,6 +74,10 @@ class RoPEAttention(nn.Module):
     Projections have no bias (official ``RoPEAttention``); ``q, k, v`` are one fused linear.
     """
 
+    muon_row_blocks = {"qkv.weight": 3}
+    """``qkv.weight`` stacks the q, k and v matrices (rows); Muon orthogonalises each on its own, as the
+    official separate linears (see :mod:`meanflow.training.muon`)."""
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -106,6 +110,9 @@ class RoPEAttention(nn.Module):
 
 class SwiGLU(nn.Module):
     """``y = W_2 (silu(W_1 x) . W_3 x)`` without biases; ``W_1`` and ``W_3`` are one fused linear."""
+
+    muon_row_blocks = {"w13.weight": 2}
+    """``w13.weight`` stacks ``W_1`` and ``W_3`` (rows): two matrices for Muon (see ``RoPEAttention``)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()

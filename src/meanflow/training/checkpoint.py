@@ -3,7 +3,7 @@
 File `checkpoints/ckpt-0001000.safetensors` holds the tensors under prefixes
 
     model/<name>            raw weights (the network's state_dict)
-    ema/<decay>/<name>      one set per EMA decay
+    ema/<key>/<name>        one set per EMA: its decay (ema/0.9999/...) or half-life (ema/500kimg/...)
     optim/<i>/<key>         optimizer state tensors of parameter i (exp_avg, exp_avg_sq, step)
     target/<name>           the target network of a method that declares one (meanflow.training.target)
 
@@ -61,6 +61,17 @@ def find_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def ema_key(key: float | str) -> float | str:
+    """An EMA's key as stored: a decay as a float, a half-life name ('500kimg') as it is."""
+    return key if isinstance(key, str) else float(key)
+
+
+def ema_prefix(key: float | str) -> str:
+    """The checkpoint group of EMA `key`: ``ema/0.9999/`` for a decay, ``ema/500kimg/`` for a half-life."""
+    key = ema_key(key)
+    return f"ema/{key}/" if isinstance(key, str) else f"ema/{key!r}/"
+
+
 def _optim_to_flat(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -80,28 +91,30 @@ def _optim_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         state.setdefault(int(idx), {})[key] = val
     for idx, st in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(st)
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    groups = [{k: tuple(v) if k in ("betas", "ns_coefficients") else v for k, v in g.items()}
+              for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 
 def save_checkpoint(path: str | Path, *, model: dict[str, torch.Tensor],
-                    ema: dict[float, dict[str, torch.Tensor]], optimizer: dict | None,
+                    ema: dict[float | str, dict[str, torch.Tensor]], optimizer: dict | None,
                     config: dict, state: dict, target: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write one checkpoint file atomically. `optimizer` is `optimizer.state_dict()`; `target` the
-    target network's state_dict (methods with a target network)."""
+    """Write one checkpoint file atomically. `ema` maps each EMA key (decay or half-life name) to its
+    state_dict; `optimizer` is `optimizer.state_dict()`; `target` the target network's state_dict
+    (methods with a target network)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.items()}
     if target is not None:
         tensors.update({f"target/{k}": v.detach().cpu().contiguous() for k, v in target.items()})
     for d, sd in ema.items():
-        tensors.update({f"ema/{d!r}/{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
+        tensors.update({f"{ema_prefix(d)}{k}": v.detach().cpu().contiguous() for k, v in sd.items()})
     state = dict(state)
     if optimizer is not None:
         opt_tensors, opt_meta = _optim_to_flat(optimizer)
         tensors.update(opt_tensors)
         state["optimizer"] = opt_meta
-    state["ema_decays"] = [float(d) for d in ema]
+    state["ema_decays"] = [ema_key(d) for d in ema]
     state["has_target"] = target is not None
     metadata = {"format": FORMAT, "config": json.dumps(config), "state": json.dumps(state)}
     with atomic_files(user_errors=False) as files:
@@ -188,7 +201,7 @@ class Checkpoint:
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"cannot read checkpoint {self.path}: {msg}") from None
-        groups = ["model/", *(f"ema/{d!r}/" for d in self.ema_decays)]
+        groups = ["model/", *(ema_prefix(d) for d in self.ema_decays)]
         groups += ["target/"] if self.state.get("has_target") else []
         missing = [g for g in groups if not any(k.startswith(g) for k in self._keys)]
         has_optim = any(k.startswith("optim/") for k in self._keys)
@@ -225,8 +238,9 @@ class Checkpoint:
         return int(self.state["step"])
 
     @property
-    def ema_decays(self) -> list[float]:
-        return [float(d) for d in self.state.get("ema_decays", [])]
+    def ema_decays(self) -> list[float | str]:
+        """The keys of the EMAs held: decays (floats) and half-life names ('500kimg')."""
+        return [ema_key(d) for d in self.state.get("ema_decays", [])]
 
     def model(self) -> dict[str, torch.Tensor]:
         return self._group("model/")
@@ -270,12 +284,13 @@ class Checkpoint:
             raise UserError(f"cannot read checkpoint {self.path}: {e}") from None
         return bad
 
-    def ema(self, decay: float) -> dict[str, torch.Tensor]:
-        decay = float(decay)
-        if decay not in self.ema_decays:
-            have = ", ".join(repr(d) for d in self.ema_decays) or "none"
-            raise UserError(f"checkpoint {self.path.name} has no EMA {decay!r} (has: {have})")
-        return self._group(f"ema/{decay!r}/")
+    def ema(self, key: float | str) -> dict[str, torch.Tensor]:
+        """The weights of EMA `key` (a decay or a half-life name); UserError listing the EMAs held."""
+        key = ema_key(key)
+        if key not in self.ema_decays:
+            have = ", ".join(str(d) for d in self.ema_decays) or "none"
+            raise UserError(f"checkpoint {self.path.name} has no EMA {key} (has: {have})")
+        return self._group(ema_prefix(key))
 
     def optimizer(self) -> dict | None:
         if "optimizer" not in self.state:

@@ -46,7 +46,8 @@ def _check(cond: bool, msg: str) -> None:
 class DataConfig:
     name: str = "digits"
     """Dataset: 'digits', 'mnist', 'fashion-mnist', 'cifar10', 'latents', 'latent_cache' (the VAE posteriors
-    of `meanflow encode`, data_dir = the cache; the ImageNet presets), a 2-D toy distribution
+    of `meanflow encode`, data_dir = the cache; the ImageNet presets), 'imagenet_pixels' (ImageNet class
+    folders, ADM-cropped to options.resolution as drawn; the pMF presets), a 2-D toy distribution
     ('checkerboard', '8gaussians', 'moons', 'spirals'), or 'pairs' (the coupled (noise, sample) pairs
     of `meanflow reflow-pairs`, for the reflow and distill methods; data_dir is their folder)."""
     data_dir: str | None = None
@@ -192,11 +193,15 @@ class TrainingConfig:
     epochs: float | None = None
     """Training length in passes over the dataset (converted to steps at run time)."""
     optimizer: str = "adam"
-    """'adam', 'adamw' or 'radam' (RAdam, as FastGen's sCT and SoFlow's CIFAR-10 configs)."""
+    """'adam', 'adamw', 'radam' (RAdam, as FastGen's sCT and SoFlow's CIFAR-10 configs) or 'muon' (pMF:
+    Muon for the nn.Linear weight matrices, Nesterov Adam with `betas` for the rest; see
+    meanflow.training.muon)."""
     lr: float = 1e-3
     """Peak learning rate (constant after warmup)."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
+    """Adam betas (with 'muon': those of its Adam half)."""
+    muon_momentum: float = 0.95
+    """'muon' only: Muon's (Nesterov) momentum, optax's `beta` (0.95)."""
     weight_decay: float = 0.0
     """Weight decay (decoupled for AdamW)."""
     eps: float = 1e-8
@@ -214,7 +219,14 @@ class TrainingConfig:
     """EMA decays kept at once; the first one is used for the periodic sample grids."""
     ema_warmup: bool = True
     """Ramp each EMA decay up as min(decay, (1 + n) / (10 + n)) over the first updates (short runs);
-    the paper presets keep the constant decay."""
+    the paper presets keep the constant decay. Applies to `ema_decays` only."""
+    ema_halflife_kimg: list[float] = field(default_factory=list)
+    """EMAs kept beside `ema_decays`, each by its half-life in thousands of training images (EDM, pMF:
+    [500, 1000, 2000]): after update n, decay 0.5 ** (batch_size / T_n), T_n = 1000 * halflife (see
+    `ema_rampup`). Named '<halflife>kimg' (e.g. '500kimg') in checkpoints and `--ema`."""
+    ema_rampup: float | None = 0.05
+    """Half-life ramp of `ema_halflife_kimg`: T_n = min(1000 * halflife, n * batch_size * ema_rampup)
+    (EDM and pMF: 0.05); None: no ramp."""
     seed: int = 0
     """Seed of everything random (model init, data order, noise); a CPU run is repeatable."""
     device: str = "auto"
@@ -262,8 +274,12 @@ class TrainingConfig:
                "set exactly one of training.steps and training.epochs")
         _check(self.steps is None or self.steps > 0, f"training.steps must be > 0, got {self.steps}")
         _check(self.epochs is None or self.epochs > 0, f"training.epochs must be > 0, got {self.epochs}")
-        _check(self.optimizer in ("adam", "adamw", "radam"), f"training.optimizer must be 'adam', 'adamw' "
-               f"or 'radam', got {self.optimizer!r}")
+        _check(self.optimizer in ("adam", "adamw", "radam", "muon"), "training.optimizer must be 'adam', "
+               f"'adamw', 'radam' or 'muon', got {self.optimizer!r}")
+        _check(0.0 <= self.muon_momentum < 1.0,
+               f"training.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        _check(not (self.optimizer == "muon" and self.parallel == "fsdp"),
+               "training.optimizer=muon needs whole weight matrices: use training.parallel=ddp, not fsdp")
         _check(self.eps > 0, f"training.eps must be > 0, got {self.eps}")
         _check(self.lr_decay_steps is None or self.lr_decay_steps > 0,
                f"training.lr_decay_steps must be > 0 (or null), got {self.lr_decay_steps}")
@@ -276,6 +292,12 @@ class TrainingConfig:
         _check(all(0.0 < d < 1.0 for d in self.ema_decays),
                f"training.ema_decays must be in (0, 1), got {self.ema_decays}")
         _check(len(set(self.ema_decays)) == len(self.ema_decays), "training.ema_decays has duplicates")
+        _check(all(0.0 < h < math.inf for h in self.ema_halflife_kimg),
+               f"training.ema_halflife_kimg must be finite and > 0, got {self.ema_halflife_kimg}")
+        _check(len(set(self.ema_halflife_kimg)) == len(self.ema_halflife_kimg),
+               "training.ema_halflife_kimg has duplicates")
+        _check(self.ema_rampup is None or 0.0 < self.ema_rampup < math.inf,
+               f"training.ema_rampup must be > 0 (or null), got {self.ema_rampup}")
         _check(self.device in ("auto", "cpu", "cuda"), f"training.device must be auto/cpu/cuda, "
                f"got {self.device!r}")
         _check(self.precision in ("auto", "fp32", "bf16"), f"training.precision must be auto/fp32/bf16, "
@@ -290,6 +312,15 @@ class TrainingConfig:
         _check(self.max_nonfinite_skips >= 0, "training.max_nonfinite_skips must be >= 0")
         _check(self.parallel in ("ddp", "fsdp"),
                f"training.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+
+    @property
+    def ema_keys(self) -> list[float | str]:
+        """The EMAs of the run by key: each decay of `ema_decays` (a float), then each half-life of
+        `ema_halflife_kimg` by name ('500kimg'); the first is the one sample grids and `--ema`'s
+        default use."""
+        from meanflow.training.ema import halflife_name
+
+        return [float(d) for d in self.ema_decays] + [halflife_name(h) for h in self.ema_halflife_kimg]
 
     def total_steps(self, dataset_size: int) -> int:
         """Optimizer steps of the whole run: `steps`, or ceil(epochs * N / batch_size)."""

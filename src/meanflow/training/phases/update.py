@@ -21,8 +21,13 @@ from meanflow.training.target import TargetNetwork
 def build_optimizer(net: nn.Module, tc) -> torch.optim.Optimizer:
     """Adam or AdamW, fused where the device has the kernel (CPU, CUDA): the fused kernels read the
     non-finite guard's flag (`found_inf`) on the device and skip a bad step without a host sync; RAdam
-    (no fused kernel: the guard skips on the host)."""
+    (no fused kernel: the guard skips on the host); Muon for the matrices with Nesterov Adam for the
+    rest (`meanflow.training.muon`, pMF; no fused kernel either)."""
     kw = dict(lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, eps=tc.eps)
+    if tc.optimizer == "muon":
+        from meanflow.training.muon import MuonAdam
+
+        return MuonAdam(net, momentum=tc.muon_momentum, **kw)
     if tc.optimizer == "radam":
         return torch.optim.RAdam(net.parameters(), **kw)
     opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
