@@ -41,14 +41,14 @@ def run_metrics(run_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def describe(method, net, cfg, *, ema: float | None, step: int, source: str,
+def describe(method, net, cfg, *, ema: float | str | None, step: int, source: str,
              metrics: dict[str, dict] | None = None) -> dict[str, Any]:
     """The `config.json` of an export of `net` (loaded by `load_generator`, so it carries
     `meanflow_shape`, `meanflow_num_classes`, `meanflow_is_latent`, `meanflow_vae`).
 
     Args:
         method, net, cfg: as `load_generator` returns them.
-        ema: the EMA decay of the weights, None for the raw weights.
+        ema: the EMA of the weights (a decay, or a half-life name such as '1000kimg'), None for raw.
         step: training step of the checkpoint.
         source: where the weights came from (the checkpoint path).
         metrics: measured metrics (see `run_metrics`).
@@ -81,7 +81,7 @@ def open_generator(path, ema: Any = None, device: str = "cpu"):
     """A run folder, checkpoint, export folder or `hf://` export as ``(method, net, cfg, config)``,
     where `config` is the export description (`describe`) of the chosen weights."""
     from meanflow.training.checkpoint import Checkpoint, run_dir_of
-    from meanflow.training.load import load_generator, weights_prefix
+    from meanflow.training.load import ema_of_prefix, load_generator, weights_prefix
 
     method, net, cfg = load_generator(path, ema=ema, device=device)
     config = getattr(net, "meanflow_export", None)
@@ -89,7 +89,7 @@ def open_generator(path, ema: Any = None, device: str = "cpu"):
         return method, net, cfg, config
     ckpt = Checkpoint(path)
     prefix = weights_prefix(ckpt, ema)
-    decay = None if prefix == "model/" else float(prefix.split("/")[1])
+    decay = ema_of_prefix(prefix)
     run_dir = Path(path) if Path(path).is_dir() else run_dir_of(ckpt.path)
     config = describe(method, net, cfg, ema=decay, step=ckpt.step, source=str(ckpt.path),
                       metrics=run_metrics(run_dir))

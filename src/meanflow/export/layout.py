@@ -75,4 +75,6 @@ def read_config(folder: str | Path) -> dict:
 def weights_label(config: dict) -> str:
     """'EMA 0.9999' or 'raw weights': which weights an export holds."""
     ema = config.get("weights", {}).get("ema")
-    return "raw weights" if ema is None else f"EMA {float(ema)!r}"
+    if ema is None:
+        return "raw weights"
+    return f"EMA {ema}" if isinstance(ema, str) else f"EMA {float(ema)!r}"

@@ -27,8 +27,9 @@ def _check_ema(folder: Path, config: dict, ema: Any) -> None:
     if choice == "default":
         return
     held = config.get("weights", {}).get("ema")
-    if (choice is None) != (held is None) or (choice is not None and float(choice) != float(held)):
-        asked = "raw weights" if choice is None else f"EMA {float(choice)!r}"
+    held = held if held is None or isinstance(held, str) else float(held)
+    if choice != held:
+        asked = "raw weights" if choice is None else f"EMA {choice}"
         raise UserError(f"export {folder} holds one set of weights ({weights_label(config)}), not the "
                         f"{asked} asked for with --ema")
 

@@ -17,29 +17,49 @@ from meanflow.utils.files import reason
 
 
 def parse_ema(ema: Any) -> float | None | str:
-    """None -> 'default' (the first EMA decay of the run); 'raw'/'none'/0 -> raw weights; else a decay."""
+    """None -> 'default' (the first EMA of the run); 'raw'/'none'/0 -> raw weights; a half-life name
+    such as '1000kimg' -> that name (canonical form); else a decay (float)."""
+    from meanflow.training.ema import halflife_name, parse_halflife
+
     if ema is None or ema == "default":
         return "default"
     if isinstance(ema, str) and ema.lower() in ("raw", "none", "off"):
         return None
+    if isinstance(ema, str) and parse_halflife(ema) is not None:
+        return halflife_name(parse_halflife(ema))
     try:
         value = float(ema)
     except (TypeError, ValueError):
-        raise UserError(f"--ema must be a decay such as 0.9999, or 'raw', got {ema!r}") from None
+        raise UserError(f"--ema must be a decay such as 0.9999, a half-life such as 1000kimg, or 'raw', "
+                        f"got {ema!r}") from None
     return None if value == 0.0 else value
 
 
 def weights_prefix(ckpt, ema: Any) -> str:
-    """The checkpoint group of the weights `ema` names (see `parse_ema`): 'model/' or 'ema/<decay>/';
-    a decay the checkpoint does not hold is a UserError listing those it has."""
+    """The checkpoint group of the weights `ema` names (see `parse_ema`): 'model/' or 'ema/<key>/';
+    an EMA the checkpoint does not hold is a UserError listing those it has."""
+    from meanflow.training.checkpoint import ema_prefix
+
     choice = parse_ema(ema)
     if choice == "default":
         choice = ckpt.ema_decays[0] if ckpt.ema_decays else None
     if choice is None:
         return "model/"
-    if float(choice) not in ckpt.ema_decays:
-        ckpt.ema(choice)  # the UserError listing the decays the checkpoint has
-    return f"ema/{float(choice)!r}/"
+    if choice not in ckpt.ema_decays:
+        ckpt.ema(choice)  # the UserError listing the EMAs the checkpoint has
+    return ema_prefix(choice)
+
+
+def ema_of_prefix(prefix: str) -> float | str | None:
+    """The EMA key of a weights group ('model/' -> None, 'ema/0.9999/' -> 0.9999, 'ema/500kimg/' ->
+    '500kimg')."""
+    if prefix == "model/":
+        return None
+    text = prefix.split("/")[1]
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def load_generator(path: str | Path, ema: Any = None, device: str | torch.device = "cpu"):
@@ -50,8 +70,9 @@ def load_generator(path: str | Path, ema: Any = None, device: str | torch.device
         path: run folder or `.safetensors` checkpoint written by `meanflow train`; a folder written by
             `meanflow export`; or `hf://ORG/NAME[@REVISION]`, an export on the Hugging Face Hub
             (downloaded with `huggingface_hub.snapshot_download`, only the export's files).
-        ema: None (the run's first EMA decay, raw weights if it has none), a decay (e.g. 0.9999),
-            or 'raw' / 0 for the raw weights. An export holds one set: None, or that set's name.
+        ema: None (the run's first EMA, raw weights if it has none), a decay (e.g. 0.9999), a
+            half-life name (e.g. '1000kimg', `training.ema_halflife_kimg`), or 'raw' / 0 for the raw
+            weights. An export holds one set: None, or that set's name.
         device: where the network is put.
 
     Returns:

@@ -73,7 +73,7 @@ class RunState:
     """An eval-mode copy the sample-grid and evaluation phases load the first EMA into."""
     optimizer: torch.optim.Optimizer
     ema: EMA
-    """The EMAs of the weights, one per `training.ema_decays`."""
+    """The EMAs of the weights, one per `training.ema_keys` (decays and half-lives)."""
     target: TargetNetwork | None
     """The method's target network (``"target" in needs``), else None."""
     teacher: nn.Module | None

@@ -76,7 +76,8 @@ def build_run(cfg: Config, info: distributed.DistInfo, device: torch.device, mic
         sample_net.cpu()
         fsdp.shard_model(net, device)
     optimizer = build_optimizer(net, tc)
-    ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup)
+    ema = EMA(net, tc.ema_decays, warmup=tc.ema_warmup, halflives_kimg=tc.ema_halflife_kimg,
+              batch_size=tc.batch_size, rampup=tc.ema_rampup)
     target = TargetNetwork(net) if "target" in needs else None
     teacher = load_teacher(cfg, parts, device) if "teacher" in needs else None
     augment = build_augment(cfg)

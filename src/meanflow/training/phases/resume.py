@@ -3,7 +3,7 @@
 In two parts, because the weights must be loaded whole before FSDP cuts them into shards:
 `load_weights` (called by the build phase, right after the network is on its device) and
 `resume_run` (once the optimizer, EMAs and target exist). Together they restore every tensor the
-checkpoint holds (``model/``, ``ema/<decay>/``, ``target/``, ``optim/``), the data order and the
+checkpoint holds (``model/``, ``ema/<key>/``, ``target/``, ``optim/``), the data order and the
 step; everything else of a step is a function of (seed, rank, step), so the resumed run continues
 exactly where the interrupted one stopped.
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from meanflow.errors import UserError
 from meanflow.training import fsdp
-from meanflow.training.checkpoint import Checkpoint
+from meanflow.training.checkpoint import Checkpoint, ema_prefix
 from meanflow.training.config import Config
 from meanflow.training.config_io import config_diff, config_from_dict, config_to_dict
 
@@ -85,8 +85,8 @@ def resume_run(run: RunState, ckpt: Checkpoint) -> None:
     if run.target is not None:
         ckpt.load_into(run.target.net, "target/")
     ema = run.ema
-    for d in tc.ema_decays:
-        ema.load(d, fsdp.shard_like(ckpt.tensors_like(f"ema/{float(d)!r}/", ema.state(d)), ema.state(d)))
+    for key in tc.ema_keys:
+        ema.load(key, fsdp.shard_like(ckpt.tensors_like(ema_prefix(key), ema.state(key)), ema.state(key)))
     opt_state = ckpt.optimizer()
     if opt_state is not None:
         fused = [g.get("fused") for g in run.optimizer.param_groups]

@@ -26,8 +26,8 @@ def sample_grid(run: RunState, final: bool = False) -> None:
     """Write `samples/step-<step>.png` (and with `final`, `samples.png`) of the run at `run.step`."""
     run.guard.check(run.last_ckpt)
     tc, lc, parts = run.cfg.training, run.cfg.logging, run.parts
-    if tc.ema_decays:
-        run.ema.copy_to(run.sample_net, tc.ema_decays[0])
+    if tc.ema_keys:
+        run.ema.copy_to(run.sample_net, tc.ema_keys[0])
     else:
         run.sample_net.load_state_dict(fsdp.model_state(run.net))
     n = lc.sample_count
