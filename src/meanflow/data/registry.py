@@ -7,7 +7,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meanflow.data import arrays, cifar, digits, idx, image_folder, latent_cache, pairs, points
+from meanflow.data import (
+    arrays,
+    cifar,
+    digits,
+    idx,
+    image_folder,
+    imagenet_pixels,
+    latent_cache,
+    pairs,
+    points,
+)
 from meanflow.data.types import ImageData, PointData
 from meanflow.errors import UserError
 
@@ -57,6 +67,11 @@ DATASETS: dict[str, DatasetSpec] = {
     "image-folder": DatasetSpec(
         lambda split, data_dir, download, **kw: image_folder.load_image_folder(split, data_dir, **kw),
         ("resolution", "num_classes"), "image", "a folder of images, one subfolder per class (data_dir)"),
+    "imagenet_pixels": DatasetSpec(
+        lambda split, data_dir, download, **kw: imagenet_pixels.load_imagenet_pixels(split, data_dir, **kw),
+        ("resolution", "flip", "workers", "num_classes"), "image",
+        "ImageNet-style class folders (data_dir), read as drawn, ADM centre crop to resolution (pMF)",
+        splits=("train",)),
     "npz": DatasetSpec(
         lambda split, data_dir, download, **kw: arrays.load_npz(split, data_dir, **kw),
         ("path", "num_classes"), "image", "uint8 images [N,H,W,C] (+labels) in a .npz file"),
