@@ -15,6 +15,7 @@ from meanflow.errors import UserError
 from meanflow.networks.unet import MEANFLOW_CIFAR10
 from meanflow.training.config import Config
 from meanflow.training.config_io import apply_overrides, config_from_dict, config_to_dict, load_yaml, merge
+from meanflow.training.pmf_presets import PMF_PRESETS
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ PRESETS: dict[str, Preset] = {
         "(1/2-NFE FID 11.59/8.22; B/2 at 240 ep: 4.85/4.24)", _imagenet_soflow("dit-b/4", 400_000)),
     "imagenet-xl2-plus": Preset("paper: ImageNet-256 latents, DiT-XL/2, w=1.0 k=0.5 [0.3,0.8], 1000 ep",
                                 _imagenet("dit-xl/2", 1.0, 0.5, 0.3, 0.8, 1000)),
+    # pixel MeanFlow on ImageNet pixels (meanflow.training.pmf_presets: the official configs, key by key)
+    **{name: Preset(description, overrides) for name, (description, overrides) in PMF_PRESETS.items()},
 }
 DEFAULT_PRESET = "digits"
 
