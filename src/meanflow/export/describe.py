@@ -23,20 +23,21 @@ def _json_file(path: Path) -> dict | None:
 
 def run_metrics(run_dir: Path | None) -> dict[str, dict]:
     """Measured metrics found in a run folder, by file name: `metrics.json` (the 2-D report: sliced W2,
-    energy distance) and every `*_eval.json` of `meanflow eval` (FID, KID, ...), numbers and settings
+    energy distance; the digits report: legible share of samples and of real digits) and every `*_eval.json` of `meanflow eval` (FID, KID, ...), numbers and settings
     only. Empty when there are none (or no run folder)."""
     if run_dir is None or not Path(run_dir).is_dir():
         return {}
     files = [Path(run_dir) / "metrics.json", *sorted(Path(run_dir).glob("*_eval.json"))]
     keep = ("fid", "kid", "kid_std", "inception_score", "inception_score_std", "sliced_wasserstein",
-            "energy_distance", "num_samples", "num_reference", "steps", "step", "seed", "omega", "ref")
+            "energy_distance", "legible", "legible_real", "ratio", "samples", "num_samples", "num_reference",
+            "steps", "step", "seed", "omega", "ref")
     out = {}
     for f in files:
         data = _json_file(f) if f.is_file() else None
         if data is None:
             continue
         picked = {k: data[k] for k in keep if k in data and isinstance(data[k], (int, float, str, list))}
-        if any(k in picked for k in ("fid", "kid", "sliced_wasserstein", "energy_distance")):
+        if any(k in picked for k in ("fid", "kid", "sliced_wasserstein", "energy_distance", "legible")):
             out[f.name] = picked
     return out
 

@@ -1,7 +1,7 @@
 """The finish phase: the end-of-run outputs, or the message of a run stopped early.
 
-A run that reached `run.total` draws its final sample grid (also `samples.png`), evaluates a 2-D run
-(`metrics.json`), closes the log and plots it (`loss.png`). A run stopped by Ctrl-C or `stop_at` has
+A run that reached `run.total` draws its final sample grid (also `samples.png`), evaluates a 2-D or
+an 8x8 digits run (`metrics.json`), closes the log and plots it (`loss.png`). A run stopped by Ctrl-C or `stop_at` has
 its checkpoint already; it only closes the log and says how to continue.
 
 Touches: the run folder's final outputs, `run.logger` (closes it), `run.sample_net`. Reads the rest.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meanflow.training.phases.evaluate import toy_report
+from meanflow.training.phases.evaluate import digits_report, is_digits_run, toy_report
 from meanflow.training.phases.samples import sample_grid
 
 if TYPE_CHECKING:
@@ -24,6 +24,8 @@ def finish(run: RunState) -> Path | None:
     sample_grid(run, final=True)
     if len(run.parts.shape) == 1 and run.cfg.data.is_toy:
         toy_report(run)
+    elif is_digits_run(run):
+        digits_report(run)
     run.logger.close()
     if run.info.is_main:
         from meanflow.utils.plot import plot_loss
