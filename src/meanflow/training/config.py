@@ -225,8 +225,7 @@ class TrainingConfig:
     [500, 1000, 2000]): after update n, decay 0.5 ** (batch_size / T_n), T_n = 1000 * halflife (see
     `ema_rampup`). Named '<halflife>kimg' (e.g. '500kimg') in checkpoints and `--ema`."""
     ema_rampup: float | None = 0.05
-    """Half-life ramp of `ema_halflife_kimg`: T_n = min(1000 * halflife, n * batch_size * ema_rampup)
-    (EDM and pMF: 0.05); None: no ramp."""
+    """Ramp of the half-lives: T_n = min(1000 * halflife, n * batch_size * ema_rampup) (0.05); None: none."""
     seed: int = 0
     """Seed of everything random (model init, data order, noise); a CPU run is repeatable."""
     device: str = "auto"
@@ -315,9 +314,8 @@ class TrainingConfig:
 
     @property
     def ema_keys(self) -> list[float | str]:
-        """The EMAs of the run by key: each decay of `ema_decays` (a float), then each half-life of
-        `ema_halflife_kimg` by name ('500kimg'); the first is the one sample grids and `--ema`'s
-        default use."""
+        """The EMAs by key: the decays, then the half-lives by name ('500kimg'); the first is the one
+        sample grids and `--ema`'s default use."""
         from meanflow.training.ema import halflife_name
 
         return [float(d) for d in self.ema_decays] + [halflife_name(h) for h in self.ema_halflife_kimg]
