@@ -23,8 +23,9 @@ def _json_file(path: Path) -> dict | None:
 
 def run_metrics(run_dir: Path | None) -> dict[str, dict]:
     """Measured metrics found in a run folder, by file name: `metrics.json` (the 2-D report: sliced W2,
-    energy distance; the digits report: legible share of samples and of real digits) and every `*_eval.json` of `meanflow eval` (FID, KID, ...), numbers and settings
-    only. Empty when there are none (or no run folder)."""
+    energy distance; the digits report: legible share of samples and of real digits) and every
+    `*_eval.json` of `meanflow eval` (FID, KID, ...), numbers and settings only.
+    Empty when there are none (or no run folder)."""
     if run_dir is None or not Path(run_dir).is_dir():
         return {}
     files = [Path(run_dir) / "metrics.json", *sorted(Path(run_dir).glob("*_eval.json"))]

@@ -1,8 +1,8 @@
 """The finish phase: the end-of-run outputs, or the message of a run stopped early.
 
 A run that reached `run.total` draws its final sample grid (also `samples.png`), evaluates a 2-D or
-an 8x8 digits run (`metrics.json`), closes the log and plots it (`loss.png`). A run stopped by Ctrl-C or `stop_at` has
-its checkpoint already; it only closes the log and says how to continue.
+an 8x8 digits run (`metrics.json`), closes the log and plots it (`loss.png`). A run stopped by Ctrl-C
+or `stop_at` has its checkpoint already; it only closes the log and says how to continue.
 
 Touches: the run folder's final outputs, `run.logger` (closes it), `run.sample_net`. Reads the rest.
 """
