@@ -22,10 +22,10 @@ fail() { echo "fresh env: FAILED: $1"; cat err.txt; exit 1; }
 [ "$rc" -eq 0 ] || fail "exit code $rc"
 [ -s "$run/samples.png" ] || fail "no samples.png"
 [ -s "$run/loss.png" ] || fail "no loss.png"
-for f in samples/step-0001000.png samples/step-0002000.png samples/step-0002500.png \
-         checkpoints/ckpt-0002000.safetensors checkpoints/ckpt-0002500.safetensors config.yaml config.json log.jsonl; do
+for f in samples/step-0001000.png samples/step-0002000.png metrics.json \
+         checkpoints/ckpt-0001000.safetensors checkpoints/ckpt-0002000.safetensors config.yaml config.json log.jsonl; do
   [ -s "$run/$f" ] || fail "no $f (the README lists it)"
 done
-tail -n 1 out.txt | grep -q "^done: 2500 steps" || fail "no closing line"
+tail -n 1 out.txt | grep -q "^done: 2000 steps" || fail "no closing line"
 ls "$run"
 echo "fresh env: OK"

@@ -87,7 +87,7 @@ def test_dry_run_builds_data_and_network(tmp_path, capsys, override, text):
 def test_dry_run_reports_what_it_built(tmp_path, capsys):
     assert main(["train", "--out-dir", str(tmp_path / "runs"), *TINY, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "# dry run: 1797 training samples of shape [1, 8, 8], 0 classes; network mlp" in out
+    assert "# dry run: 1797 training samples of shape [1, 8, 8], 10 classes; network mlp" in out
     assert tree(tmp_path) == []
 
 
