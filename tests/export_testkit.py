@@ -7,12 +7,14 @@ import torch
 
 from meanflow.cli import main
 
-# 3 steps of a 16-wide MLP on the 8x8 digits, two EMAs, no progress bar / TensorBoard, one thread.
+# 3 steps of a 16-wide MLP on the 8x8 digits (unconditional unless CONDITIONAL), two EMAs, no progress bar / TensorBoard, one thread.
 TINY_RUN = ["--set", "network={name: mlp, kwargs: {hidden: 16, depth: 1}}", "--steps", "3",
             "--batch-size", "16",
             "--set", "logging.progress=false", "--set", "logging.tensorboard=false",
             "--set", "logging.sample_count=4", "--set", "training.num_threads=1",
-            "--set", "training.ema_decays=[0.9,0.999]"]
+            "--set", "training.ema_decays=[0.9,0.999]", "--set", "data.use_labels=false"]
+# The default digits job's MeanFlow trains guidance in (w = 2, class dropout): off for unconditional runs.
+NO_GUIDANCE = ["--set", "method.kwargs.omega=1.0", "--set", "method.kwargs.class_dropout=0.0"]
 CONDITIONAL = ["--set", "data.use_labels=true"]
 
 
@@ -20,7 +22,8 @@ def train_tiny(root: Path, *extra: str) -> Path:
     """Train a tiny digits run under `root` (MeanFlow unless `extra` says otherwise); its run folder."""
     threads = torch.get_num_threads()
     try:
-        assert main(["train", "--out-dir", str(root), *TINY_RUN, *extra]) == 0
+        own = [] if "--method" in extra or CONDITIONAL[1] in extra else NO_GUIDANCE
+        assert main(["train", "--out-dir", str(root), *TINY_RUN, *own, *extra]) == 0
     finally:
         torch.set_num_threads(threads)
     (run,) = Path(root).iterdir()

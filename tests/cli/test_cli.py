@@ -80,7 +80,7 @@ def test_train_then_sample(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--steps", "5"]) == 0
     assert (run / "checkpoints" / "ckpt-0000005.safetensors").is_file()
     # errors against this run
-    _one_line_error(capsys, main(["sample", str(run), "--class", "3"]))
+    _one_line_error(capsys, main(["sample", str(run), "--class", "10"]))  # the digits job has classes 0-9
     _one_line_error(capsys, main(["sample", str(run), "--ema", "0.5"]))
     line = _one_line_error(capsys, main(["train", "--resume", str(run), *TINY, "--lr", "0.5"]))
     assert "another config" in line

@@ -159,7 +159,8 @@ def test_imf_method_turns_on_guidance_cond_through_the_builder():
     cfg = resolve_config("digits", overrides=[net_cfg, "method.name=imf", "data.use_labels=true"])
     net = build_net(cfg, (1, 8, 8), 10)
     assert isinstance(net, IMFDiT) and net.guidance_cond is True and net.num_classes == 10
-    cfg = resolve_config("digits", overrides=[net_cfg])
+    uncond = ["data.use_labels=false", "method.kwargs.omega=1.0", "method.kwargs.class_dropout=0.0"]
+    cfg = resolve_config("digits", overrides=[net_cfg, *uncond])
     assert build_net(cfg, (1, 8, 8), 0).guidance_cond is False
 
 

@@ -14,6 +14,7 @@ from meanflow.training.checkpoint import Checkpoint
 from meanflow.training.load import load_generator
 from meanflow.training.presets import resolve_config
 
+UNCOND = ("data.use_labels=false", "method.kwargs.omega=1.0", "method.kwargs.class_dropout=0.0")
 TINY_UNET = ("network={name: unet, kwargs: {model_channels: 8, channel_mult: [1, 2], num_blocks: 1, "
              "attn_resolutions: [], dropout: 0.1}}")
 
@@ -25,7 +26,7 @@ def _outputs(tmp_path):
 
 def tiny_digits(tmp_path, *extra):
     return resolve_config("digits", overrides=[
-        *_outputs(tmp_path), TINY_UNET, "data.augment_p=0.5", "training.batch_size=8", "training.steps=5",
+        *_outputs(tmp_path), *UNCOND, TINY_UNET, "data.augment_p=0.5", "training.batch_size=8", "training.steps=5",
         "training.warmup_steps=0", "training.checkpoint_every=1000", "training.ema_decays=[0.9]", *extra])
 
 
@@ -78,7 +79,7 @@ def test_cifar10_presets_train_a_step(tmp_path, name):
 
 
 def test_augment_needs_a_network_with_augment_labels(tmp_path):
-    cfg = resolve_config("digits", overrides=[*_outputs(tmp_path), "data.augment_p=0.12"])  # mlp
+    cfg = resolve_config("digits", overrides=[*_outputs(tmp_path), *UNCOND, "data.augment_p=0.12"])  # mlp
     with pytest.raises(UserError, match="augmentation labels"):
         network_kwargs(cfg, (1, 8, 8), 0)
     with pytest.raises(UserError, match="augmentation labels"):

@@ -15,9 +15,20 @@ from meanflow.training.presets import PRESETS, resolve_config
 
 
 def test_defaults_are_the_digits_job():
+    """The default job is the dataclass defaults plus the digits preset's recipe (issue 24's legibility
+    search): class-conditional, trained-in guidance w = 2, t, r ~ U(0, 1), lr 5e-4, 2,000 steps."""
     cfg = resolve_config()
     assert cfg.preset == "digits" and cfg.data.name == "digits" and cfg.method.name == "meanflow"
-    assert config_to_dict(cfg) == config_to_dict(Config())
+    assert cfg == resolve_config("digits")
+    recipe = {"data.use_labels": True, "method.kwargs.time_dist": "uniform", "method.kwargs.omega": 2.0,
+              "method.kwargs.class_dropout": 0.1, "training.steps": 2000, "training.lr": 5e-4}
+    assert sorted(config_diff(Config(), cfg)) == sorted(recipe)
+    for key, value in recipe.items():
+        section, *rest = key.split(".")
+        got = getattr(cfg, section)
+        for part in rest:
+            got = got[part] if isinstance(got, dict) else getattr(got, part)
+        assert got == value, key
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -68,7 +79,7 @@ def test_batch_must_divide_by_grad_accum():
 
 def test_guidance_needs_labels():
     with pytest.raises(UserError, match="use_labels"):
-        resolve_config("digits", overrides=["method.omega=2.0"])
+        resolve_config("digits", overrides=["method.omega=2.0", "data.use_labels=false"])
 
 
 def test_exactly_one_of_steps_and_epochs():

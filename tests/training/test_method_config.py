@@ -61,7 +61,7 @@ def test_complete_kwargs_round_trip(overrides):
 def test_compile_is_accepted_and_reaches_the_method():
     cfg = resolve_config("digits", overrides=["method.compile=true"])
     assert cfg.method.kwargs["compile"] is True
-    method = build_method_from(cfg, 0)
+    method = build_method_from(cfg, 10)  # the digits job is class-conditional
     assert isinstance(method, MeanFlow) and method.compile is True
 
 
@@ -119,12 +119,20 @@ def test_network_name_change_gets_its_own_defaults():
 
 
 def test_guidance_without_labels_names_use_labels():
+    # the digits job trains guidance in (w = 2): without labels the message names both ways out
+    with pytest.raises(UserError, match=r"guidance .*class labels: set data.use_labels=true, or "
+                                        r"method.kwargs.omega=1 and method.kwargs.class_dropout=0"):
+        resolve_config("digits", overrides=["data.use_labels=false"])
     with pytest.raises(UserError, match=r"guidance .*class labels: set data.use_labels=true"):
-        resolve_config("digits", overrides=["method.kappa=0.5"])
-    resolve_config("digits", overrides=["method.kappa=0.5", "data.use_labels=true"])
+        resolve_config("digits", overrides=[*UNCOND, "method.kappa=0.5"])
+    resolve_config("digits", overrides=[*UNCOND])
+    resolve_config("digits", overrides=["method.kappa=0.5"])
 
 
 IMF_LABELS = ["method.name=imf", "data.use_labels=true"]
+UNCOND = ["data.use_labels=false", "method.kwargs.omega=1.0", "method.kwargs.class_dropout=0.0"]
+# The digits job before issue 24 (the dataclass defaults): unconditional, LN(-0.4, 1), lr 1e-3, 2,500 steps.
+OLD_DIGITS = [*UNCOND, "method.kwargs.time_dist=logit_normal", "training.steps=2500", "training.lr=0.001"]
 TINY_UNET = ("network={name: unet, kwargs: {model_channels: 8, channel_mult: [1, 2], num_blocks: 1, "
              "attn_resolutions: [], dropout: 0.0}}")
 
@@ -142,7 +150,7 @@ def test_imf_with_labels_gets_guidance_cond_automatically(network):
     # an explicit true is accepted; unconditional imf and other methods leave the network as it was
     cfg = resolve_config("digits", overrides=[network, *IMF_LABELS, "network.kwargs.guidance_cond=true"])
     assert build_net(cfg, (1, 8, 8), 10).guidance_cond is True
-    for overrides in (["method.name=imf"], ["data.use_labels=true"], []):
+    for overrides in (["method.name=imf", "data.use_labels=false"], ["data.use_labels=true"], UNCOND):
         cfg = resolve_config("digits", overrides=[network, *overrides])
         classes = 10 if cfg.data.use_labels else 0
         assert build_method_from(cfg, classes).net_inputs == ()
@@ -153,7 +161,7 @@ def test_imf_with_labels_gets_guidance_cond_automatically(network):
 @pytest.mark.parametrize("overrides, message", [
     (["network={name: dit-s/2, kwargs: {}}", *IMF_LABELS], "'guidance', which network 'dit-s/2' cannot take"),
     (["network.kwargs.guidance_cond=false", *IMF_LABELS], "network.kwargs.guidance_cond=False"),
-    (["network.kwargs.guidance_cond=true", "method.name=imf"], "no input 'guidance'"),
+    (["network.kwargs.guidance_cond=true", "method.name=imf", "data.use_labels=false"], "no input 'guidance'"),
     (["network.kwargs.guidance_cond=true", "data.use_labels=true"], "no input 'guidance'"),
 ])
 def test_guidance_input_mismatch_is_one_line(overrides, message):
@@ -184,7 +192,8 @@ def test_num_classes_is_data_derived_unless_set():
 def test_legacy_method_section_is_converted(legacy, name, kwargs):
     cfg = config_from_dict({"method": legacy})
     assert cfg.method.name == name and cfg.method.kwargs == kwargs
-    new = resolve_config("digits", overrides=[f"method={{name: {name}, kwargs: {kwargs}}}"])
+    new = resolve_config("digits", overrides=[f"method={{name: {name}, kwargs: {kwargs}}}", *OLD_DIGITS[:1],
+                                              *OLD_DIGITS[-2:]])
     assert config_diff(cfg, new) == []
 
 
@@ -194,7 +203,7 @@ def test_legacy_digits_config_is_the_default_job():
     legacy = config_from_dict(LEGACY_DIGITS)
     assert legacy.logging.sample_steps == 1
     legacy = dataclasses.replace(legacy, logging=dataclasses.replace(legacy.logging, sample_steps=None))
-    assert legacy == resolve_config("digits")
+    assert legacy == resolve_config("digits", overrides=OLD_DIGITS)
     assert legacy == Config()
 
 

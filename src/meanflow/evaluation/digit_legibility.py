@@ -16,6 +16,8 @@ confidence, clean digits high.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -97,6 +99,13 @@ def train_digit_classifier(seed: int = 0, epochs: int = 25, batch_size: int = 10
     return net.eval().requires_grad_(False)
 
 
+@functools.lru_cache(maxsize=1)
+def default_classifier() -> DigitClassifier:
+    """`train_digit_classifier()` (seed 0), trained once per process (every call gives the same
+    weights; a test session or a script measuring many runs pays ~10-40 s once)."""
+    return train_digit_classifier()
+
+
 @torch.no_grad()
 def confidences(images: Tensor, clf: DigitClassifier) -> tuple[Tensor, Tensor]:
     """Largest softmax probability [N] and its label [N] of images [N, 1, 8, 8] (values clamped to
@@ -120,7 +129,7 @@ def legibility_report(images: Tensor, clf: DigitClassifier | None = None,
     legible samples spread over the ten classes (counts [10])."""
     from meanflow.data.digits import load_digits
 
-    clf = clf if clf is not None else train_digit_classifier()
+    clf = clf if clf is not None else default_classifier()
     conf, label = confidences(images, clf)
     legible = conf >= threshold
     real = legible_share(load_digits("test").x, clf, threshold)
