@@ -7,7 +7,8 @@ import torch
 
 from meanflow.cli import main
 
-# 3 steps of a 16-wide MLP on the 8x8 digits (unconditional unless CONDITIONAL), two EMAs, no progress bar / TensorBoard, one thread.
+# 3 steps of a 16-wide MLP on the 8x8 digits (unconditional unless CONDITIONAL), two EMAs,
+# no progress bar / TensorBoard, one thread.
 TINY_RUN = ["--set", "network={name: mlp, kwargs: {hidden: 16, depth: 1}}", "--steps", "3",
             "--batch-size", "16",
             "--set", "logging.progress=false", "--set", "logging.tensorboard=false",

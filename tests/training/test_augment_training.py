@@ -26,7 +26,8 @@ def _outputs(tmp_path):
 
 def tiny_digits(tmp_path, *extra):
     return resolve_config("digits", overrides=[
-        *_outputs(tmp_path), *UNCOND, TINY_UNET, "data.augment_p=0.5", "training.batch_size=8", "training.steps=5",
+        *_outputs(tmp_path), *UNCOND, TINY_UNET,
+        "data.augment_p=0.5", "training.batch_size=8", "training.steps=5",
         "training.warmup_steps=0", "training.checkpoint_every=1000", "training.ema_decays=[0.9]", *extra])
 
 

@@ -161,7 +161,8 @@ def test_imf_with_labels_gets_guidance_cond_automatically(network):
 @pytest.mark.parametrize("overrides, message", [
     (["network={name: dit-s/2, kwargs: {}}", *IMF_LABELS], "'guidance', which network 'dit-s/2' cannot take"),
     (["network.kwargs.guidance_cond=false", *IMF_LABELS], "network.kwargs.guidance_cond=False"),
-    (["network.kwargs.guidance_cond=true", "method.name=imf", "data.use_labels=false"], "no input 'guidance'"),
+    (["network.kwargs.guidance_cond=true", "method.name=imf", "data.use_labels=false"],
+     "no input 'guidance'"),
     (["network.kwargs.guidance_cond=true", "data.use_labels=true"], "no input 'guidance'"),
 ])
 def test_guidance_input_mismatch_is_one_line(overrides, message):

@@ -360,8 +360,9 @@ class Config:
                    f"image size {size} of {self.data.name!r} is not divisible by the patch size {patch} "
                    f"of {self.network.name!r}")
         if self.data.is_toy:
-            _check(not self.data.use_labels, f"the 2-D toy dataset {self.data.name!r} has no labels: set "
-                   "data.use_labels=false (the default digits job is class-conditional; --preset toy-2d is not)")
+            _check(not self.data.use_labels,
+                   f"the 2-D toy dataset {self.data.name!r} has no labels: set data.use_labels=false (the "
+                   "default digits job is class-conditional; --preset toy-2d is not)")
             _check(self.data.augment_p == 0.0, "data.augment_p applies to images only")
         elif self.data.name in IMAGE_SHAPES and self.data.use_labels:
             _check(self.data.name in LABELLED, f"dataset {self.data.name!r} has no labels")
