@@ -11,6 +11,7 @@ from meanflow.data.digits import load_digits
 from meanflow.evaluation.digit_legibility import (
     _shift,
     confidences,
+    default_classifier,
     legibility_report,
     legible_share,
     outliers,
@@ -20,8 +21,7 @@ from meanflow.evaluation.digit_legibility import (
 
 @pytest.fixture(scope="module")
 def clf():
-    torch.set_num_threads(1)
-    return train_digit_classifier()
+    return default_classifier()  # trained once per process, shared with the digits runs' reports
 
 
 def test_real_held_out_digits_are_legible_and_classified(clf):
