@@ -15,6 +15,8 @@ import concurrent.futures
 import contextlib
 import fcntl
 import multiprocessing
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -99,6 +101,22 @@ def run_suite(suite: Suite, *, out: Path, results: Path, datasets=None, methods=
                     train_only, eval_threads, t0, have)
 
 
+def exit_with_parent(parent: int, every: float = 2.0) -> None:
+    """Worker initializer: a daemon thread ends this worker once its runner (pid `parent`) is gone.
+
+    Killing the runner (Ctrl-C, `kill`, a session's end) must not leave its workers training and
+    appending records: the runner's lock on the run folders dies with it, and a new runner would start
+    the same jobs beside them. A worker cut off this way resumes from its newest checkpoint next time.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run(suite, all_jobs, order, todo, out, results, datasets, seeds, jobs, threads, device, train_only,
          eval_threads, t0, have) -> dict:
     if suite.part == "toy" and not train_only:
@@ -108,7 +126,8 @@ def _run(suite, all_jobs, order, todo, out, results, datasets, seeds, jobs, thre
     done: set[str] = set()
     failed: dict[str, str] = {}
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    watch = {"initializer": exit_with_parent, "initargs": (os.getpid(),)}  # no orphans if the runner dies
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **watch) as pool:
         running: dict[concurrent.futures.Future, str] = {}
         pending = list(order)
         while pending or running:

@@ -2,6 +2,7 @@
 a second invocation redoes nothing, a half-finished suite resumes without redoing finished records."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,30 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         main(["run", "smoke", "--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--dry-run"])
         == 0
     )
+
+
+def test_workers_exit_when_their_runner_is_gone(tmp_path):
+    """A worker process running `exit_with_parent(runner pid)` ends by itself once the runner dies."""
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    worker = ("import sys, time; sys.path.insert(0, sys.argv[1]); "
+              "from benchmarks.suite.runner import exit_with_parent; "
+              "exit_with_parent(int(sys.argv[2]), every=0.1); time.sleep(60)")
+    code = ("import os, subprocess, sys\n"
+            f"child = subprocess.Popen([sys.executable, '-c', {worker!r}, sys.argv[1], str(os.getpid())])\n"
+            "open(sys.argv[2], 'w').write(str(child.pid))\n"
+            "os._exit(0)\n")
+    pid_file = tmp_path / "pid"
+    subprocess.run([sys.executable, "-c", code, str(repo), str(pid_file)], check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # the orphan notices within ~0.1 s (plus its start-up); allow 10 s
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("the orphaned worker kept running")
