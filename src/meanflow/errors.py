@@ -7,3 +7,9 @@ Library code raises it for anything that is the caller's input, never for intern
 
 class UserError(Exception):
     """A problem with the user's input; the message is shown as-is on one line."""
+
+
+def require(cond: bool, msg: str) -> None:
+    """Raise `UserError(msg)` unless `cond` (the config sections' validation)."""
+    if not cond:
+        raise UserError(msg)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meanflow.errors import UserError
+from meanflow.errors import require as _check
 from meanflow.limits import MAX_SEED
 from meanflow.training.logging_config import LoggingConfig
 
@@ -35,11 +36,6 @@ CLASS_COUNTS = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10}
 # The 2-D toy distributions of `meanflow.data.toy2d` (design.md); kept here so that validation does
 # not have to import the data package.
 TOY_NAMES = ("checkerboard", "8gaussians", "moons", "spirals")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UserError(msg)
 
 
 @dataclass

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meanflow.errors import UserError
+from meanflow.errors import require as _check
 from meanflow.limits import MAX_GRID, MAX_STEPS
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise UserError(msg)
 
 
 @dataclass
