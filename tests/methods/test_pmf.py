@@ -247,6 +247,21 @@ def test_training_draws_follow_the_official_distributions():
     assert 0 <= a[500:].min() and a[500:].max() <= 0.5 <= b[500:].min() and b[500:].max() <= 1
 
 
+def test_uniform_share_redraws_that_share_of_rows_uniformly():
+    # LN(5, 0.8) keeps t and r above 0.9 (sigmoid(5 - 5 x 0.8) = 0.73 only at -5 sd); a redrawn row has
+    # t = max(U, U') < 0.9 with probability 0.81 on the r != t half, so about 0.81 q of those rows land there
+    n = 200000
+    for share in [0.0, 0.1, 1.0]:
+        m = PixelMeanFlow(num_classes=NC, t_mean=5.0, uniform_share=share)
+        torch.manual_seed(0)
+        t, r = m.draw_times(n, dtype=D64)
+        low = (t[n // 2:] < 0.9).double().mean().item()
+        assert abs(low - 0.81 * share) < 0.006, (share, low)
+        assert torch.equal(r[: n // 2], t[: n // 2]) and bool((r <= t).all())
+    with pytest.raises(UserError, match="uniform_share"):
+        PixelMeanFlow(num_classes=NC, uniform_share=1.5)
+
+
 def test_defaults_are_the_official_ones_except_the_perceptual_weights():
     m = PixelMeanFlow()
     assert (m.t_mean, m.t_std, m.ratio, m.omega_max, m.omega_beta) == (0.8, 0.8, 0.5, 8.0, 1.0)

@@ -46,6 +46,8 @@ def test_pmf_presets_key_by_key(name):
     assert (m.noise_scale, m.min_t, m.aux_head, m.perceptual_max_t, m.perceptual_size) == \
         (noise, 0.05, True, max_t, 224)
     assert (m.sample_omega, m.sample_t_min, m.sample_t_max) == (omega, t_min, t_max)
+    # hsdp's pMF_H_*_config.yml: tr_uniform True (10% uniform t, r; pmf.py:182-203); B and L: off
+    assert m.uniform_share == (0.1 if net.startswith("pmf-dit-h") else 0.0)
     # the perceptual weights are the user's files: 0 here (official 0.4 LPIPS, 0.1 ConvNeXt)
     assert (m.lpips_weight, m.convnext_weight, m.lpips_weights, m.convnext_weights) == (0.0, 0.0, None, None)
     description = PRESETS[name].description

@@ -86,6 +86,8 @@ class PixelMeanFlow(ImprovedMeanFlow):
     Attributes:
         noise_scale: ``e = noise_scale N(0, I)`` in training and sampling (1; 2 at 512 px officially).
         min_t: ``c(t) = clip(t, min_t, 1)`` in ``u = (z - x_hat) / c(t)`` (0.05).
+        uniform_share: share of rows whose t and r are redrawn from U(0, 1) before the r = t prefix
+            (the official H configs' ``tr_uniform: True`` = 0.1; 0 = off, the default).
         aux_head: True: the auxiliary velocity comes from the network's v-head (``head="v"``/``"uv"``,
             ``pmf-dit``); False: from the network itself at ``h = 0`` (any network).
         perceptual_max_t: the perceptual losses see rows with ``t < perceptual_max_t`` (0.8).
@@ -102,6 +104,7 @@ class PixelMeanFlow(ImprovedMeanFlow):
     t_std: float = 0.8
     noise_scale: float = 1.0
     min_t: float = 0.05
+    uniform_share: float = 0.0
     aux_head: bool = True
     perceptual_max_t: float = 0.8
     perceptual_size: int = 224
@@ -120,6 +123,8 @@ class PixelMeanFlow(ImprovedMeanFlow):
             raise UserError(f"noise_scale must be a finite number > 0, got {self.noise_scale}")
         if not 0 < self.min_t <= 1:
             raise UserError(f"min_t must be in (0, 1], got {self.min_t}")
+        if not 0 <= self.uniform_share <= 1:
+            raise UserError(f"uniform_share must be in [0, 1], got {self.uniform_share}")
         if not isinstance(self.aux_head, bool):
             raise UserError(f"aux_head must be true or false, got {self.aux_head!r}")
         if not 0 <= self.perceptual_max_t <= 1:
@@ -148,11 +153,16 @@ class PixelMeanFlow(ImprovedMeanFlow):
         return call
 
     def draw_times(self, b: int, *, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
-        """``(t, r)`` ``[b]``: two LN(t_mean, t_std) draws, ``r = t`` on the first ``int(b (1 - ratio))``
-        rows (the official prefix), then sorted so that ``r <= t``."""
+        """``(t, r)`` ``[b]``: two LN(t_mean, t_std) draws; with ``uniform_share`` = q > 0, rows with
+        ``U(0, 1) < q`` redraw both from U(0, 1); then ``r = t`` on the first ``int(b (1 - ratio))`` rows
+        (the official prefix) and a sort so that ``r <= t`` (``pmf.py`` ``sample_tr``)."""
         kw = dict(device=device, dtype=dtype)
         a = sample_time(b, self.time_dist, self.t_mean, self.t_std, **kw)
         c = sample_time(b, self.time_dist, self.t_mean, self.t_std, **kw)
+        if self.uniform_share > 0:
+            swap = torch.rand(b, **kw) < self.uniform_share
+            a = torch.where(swap, torch.rand(b, **kw), a)
+            c = torch.where(swap, torch.rand(b, **kw), c)
         fm = torch.arange(b, device=device) < int(b * (1 - self.ratio) + 1e-9)
         c = torch.where(fm, a, c)
         return torch.maximum(a, c), torch.minimum(a, c)

@@ -27,7 +27,8 @@ Confirmed in github.com/Lyy-iiis/pMF (read for facts only): branch ``main`` at 7
 Differences, stated in the descriptions: the perceptual weights are 0 here (the LPIPS-VGG and
 ConvNeXt-V2-B weights files are the user's: set ``method.kwargs.lpips_weight=0.4``,
 ``lpips_weights=PATH``, ``convnext_weight=0.1``, ``convnext_weights=PATH``); the H configs also set
-``tr_uniform: True`` (10% of the rows draw t and r uniformly), which the ``pmf`` method does not have;
+``tr_uniform: True`` (10% of the rows draw t and r uniformly): ``uniform_share=0.1`` here (hsdp
+``pmf.py:182-203``);
 (*) the H configs spell the cut-off ``convnext_max_t: 0.6``, a key the official ``pixelMeanFlow`` has
 no field for (its ``perceptual_max_t`` defaults to 1.0): 0.6 here, as L/32's ``perceptual_max_t``.
 The first EMA of ``ema_halflife_kimg`` is the evaluated one, so sample grids and ``--ema``'s default use it.
@@ -70,7 +71,8 @@ def imagenet_pmf(size: str) -> dict[str, Any]:
             "ratio": 0.5, "time_dist": "logit_normal", "t_mean": p_mean, "t_std": 0.8, "norm_p": 1.0,
             "norm_eps": 0.01, "v_weight": 1.0, "omega_max": 8.0, "omega_beta": beta, "interval_split": 0.5,
             "class_dropout": 0.1, "sample_omega": omega, "sample_t_min": t_min, "sample_t_max": t_max,
-            "noise_scale": noise, "min_t": 0.05, "aux_head": True, "perceptual_max_t": max_t,
+            "noise_scale": noise, "min_t": 0.05, "uniform_share": 0.1 if size.startswith("h") else 0.0,
+            "aux_head": True, "perceptual_max_t": max_t,
             "perceptual_size": 224, "lpips_weight": 0.0, "convnext_weight": 0.0}},
         "training": {"batch_size": 1024, "grad_accum": 1, "steps": None, "epochs": 320, "optimizer": "muon",
                      "lr": 1e-3, "betas": [0.9, 0.95], "muon_momentum": 0.95, "eps": 1e-8,
@@ -86,7 +88,7 @@ def _describe(size: str) -> str:
     noise, _, _, _, omega, t_min, t_max, eval_ema = PMF_SIZES[size]
     res = 256 if size.endswith("16") else 512
     name = f"{size[0].upper()}/{size[1:]}"
-    extra = "; official tr_uniform not supported" if size.startswith("h") else ""
+    extra = "; 10% uniform t, r as the official tr_uniform" if size.startswith("h") else ""
     return (f"paper (pMF): ImageNet-{res} pixels, pMF-DiT-{name}, 320 ep, Muon 1e-3, EMA half-lives "
             f"500/1000/2000 kimg (sampled: {eval_ema:g}), noise x{noise:g}, "
             f"w={omega:g} [{t_min:g},{t_max:g}] "
