@@ -25,7 +25,7 @@ class Entry:
         method: registry name (``meanflow train --method NAME``).
         label: name in the tables.
         toy_nfe / mnist_nfe: sampling steps measured on 2-D data / on MNIST.
-        overrides: extra ``--set`` overrides (both parts); toy_overrides: 2-D only.
+        overrides: extra ``--set`` overrides (both parts); toy_overrides / mnist_overrides: one part only.
         teacher / init_from / pairs_from: entries whose finished run is this run's teacher, starting
             weights, or source of (noise, sample) pairs.
         share: this run's optimizer steps as a fraction of the budget (chains state their total).
@@ -41,6 +41,7 @@ class Entry:
     mnist_nfe: tuple[int, ...]
     overrides: tuple[str, ...] = ()
     toy_overrides: tuple[str, ...] = ()
+    mnist_overrides: tuple[str, ...] = ()
     teacher: str | None = None
     init_from: str | None = None
     pairs_from: str | None = None
@@ -59,7 +60,7 @@ class Entry:
         return self.toy_nfe if part == "toy" else self.mnist_nfe
 
     def settings(self, part: str) -> tuple[str, ...]:
-        return (*self.overrides, *(self.toy_overrides if part == "toy" else ()))
+        return (*self.overrides, *(self.toy_overrides if part == "toy" else self.mnist_overrides))
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,13 @@ ENTRIES += (
     Entry("alphaflow", "alphaflow", "α-Flow (α 1 -> 0, sigmoid over the run)", (1, 2, 4), (1, 2)),
     Entry("meanflow_kim", "meanflow", "MeanFlow + Kim et al. interval curriculum", (1, 2, 4), (1, 2),
           overrides=("method.kwargs.norm_p=1.0", "method.kwargs.interval_weight=kim")),
-    # Decoupled MeanFlow: the 1-RF stage's flow-matching MLP (1/2), fine-tuned with its last block
-    # conditioned on r (decoupled depth 3 of 4, as XL/2's 20 of 28) and the log-variance head (1/2).
+    # Decoupled MeanFlow: the 1-RF stage's flow-matching network (1/2), fine-tuned with its last blocks
+    # conditioned on r and the log-variance head (1/2): on the MLP 3 of 4 blocks see t (XL/2: 20 of 28);
+    # on the MNIST U-Net 7 of its 10 residual blocks (the encoder, the two middle blocks and the 14x14
+    # decoder level) see t and the 28x28 decoder level (up-sampling block and two blocks) sees r.
     Entry("dmf", "dmf", "Decoupled MeanFlow (from flow matching, 1/2 + 1/2)", (1, 2, 4), (1, 2),
           toy_overrides=("network.kwargs.decoupled_depth=3", "network.kwargs.log_variance=true"),
+          mnist_overrides=("network.kwargs.decoupled_depth=7", "network.kwargs.log_variance=true"),
           init_from="rf1", share=0.5),
 )
 # Issue 23: continuous-time consistency on TrigFlow (σ_d = 1 for the unit-scale 2-D sets, as the CM rows;

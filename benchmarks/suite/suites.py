@@ -97,7 +97,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           variants=RECIPE),
     Suite("mnist", "mnist", "mnist", "unet16", MNIST_BASE, ("mnist",),
           ("meanflow", "flow_matching", "imf", "ict", "shortcut", "reflow", "distill", "alphaflow", "sct",
-           "scd", "soflow", "splitmeanflow", "pmf"), 1200,
+           "scd", "soflow", "splitmeanflow", "pmf", "dmf"), 1200,
           (0, 1), 2000,
           "mnist.jsonl", "MNIST head-to-head: FID / KID of 2,000 samples vs the 10,000 test images, 2 seeds"),
     Suite("mnist-curves", "mnist", "mnist", "unet16", MNIST_BASE, ("mnist",), ("meanflow", "flow_matching"),

@@ -12,6 +12,7 @@ from meanflow.methods import DecoupledMeanFlow
 from meanflow.methods.dmf import log_variance_loss
 from meanflow.networks.dit import DiT
 from meanflow.networks.mlp import MLP
+from meanflow.networks.unet import SongUNet
 
 
 def _dit(**kw):
@@ -23,6 +24,12 @@ def _mlp(**kw):
     return MLP(dim=2, hidden=32, depth=4, num_classes=3, **kw)
 
 
+def _unet(**kw):
+    # 10 residual blocks: 3 in the encoder (8x8, down, 4x4), 2 middle, 5 in the decoder
+    return SongUNet(img_resolution=8, in_channels=2, model_channels=8, channel_mult=(1, 2), num_blocks=1,
+                    attn_resolutions=(4,), dropout=0.0, num_classes=3, **kw)
+
+
 def _jiggle(net):
     with torch.no_grad():
         for p in net.parameters():
@@ -30,7 +37,7 @@ def _jiggle(net):
     return net
 
 
-@pytest.mark.parametrize("make,shape", [(_dit, (5, 2, 8, 8)), (_mlp, (5, 2))])
+@pytest.mark.parametrize("make,shape", [(_dit, (5, 2, 8, 8)), (_mlp, (5, 2)), (_unet, (5, 2, 8, 8))])
 def test_split_network_is_the_flow_model_at_initialisation(make, shape):
     torch.manual_seed(0)
     flow = _jiggle(make())
@@ -44,7 +51,7 @@ def test_split_network_is_the_flow_model_at_initialisation(make, shape):
     assert torch.equal(dmf.logvar(t, 0.5 * t), zero)
 
 
-@pytest.mark.parametrize("make,shape", [(_dit, (4, 2, 8, 8)), (_mlp, (4, 2))])
+@pytest.mark.parametrize("make,shape", [(_dit, (4, 2, 8, 8)), (_mlp, (4, 2)), (_unet, (4, 2, 8, 8))])
 def test_split_network_tangent_matches_func_jvp(make, shape):
     torch.manual_seed(1)
     net = _jiggle(make(decoupled_depth=2)).double()
@@ -135,3 +142,21 @@ def test_loss_runs_and_options_are_checked():
         DecoupledMeanFlow(omega=0.5)
     with pytest.raises(UserError, match="decoupled_depth"):
         MLP(dim=2, depth=2, decoupled_depth=2)
+    with pytest.raises(UserError, match=r"decoupled_depth must be an integer in \[0, 10\)"):
+        _unet(decoupled_depth=10)
+
+
+def test_unet_split_conditions_the_later_blocks_on_r():
+    # the first k blocks see t, the rest r: moving r changes the output only through blocks >= k, so the
+    # encoder's features (blocks 0-2) are unchanged when k = 3 and change when k = 2
+    torch.manual_seed(2)
+    z, t, y = torch.randn(3, 2, 8, 8), torch.rand(3), torch.tensor([0, 1, 2])
+    for k, enc_moves in [(3, False), (2, True)]:
+        net = _jiggle(_unet(decoupled_depth=k))
+        seen: list = []
+        hook = net.enc["4x4_block0"].register_forward_hook(
+            lambda m, a, out, seen=seen: seen.append(out[0].clone()))
+        a, b = net(z, t, 0.2 * t, y), net(z, t, 0.7 * t, y)
+        hook.remove()
+        assert not torch.allclose(a, b)
+        assert torch.equal(seen[0], seen[1]) != enc_moves

@@ -1,7 +1,8 @@
 """Decoupled MeanFlow (Lee et al., arXiv 2510.24474): a flow model turned into a flow map, fine-tuned.
 
 The network is a flow-matching DiT whose last blocks see r instead of t (``network.kwargs.
-decoupled_depth``, see :class:`meanflow.networks.dit.DiT`), started from a flow-matching run of this
+decoupled_depth``, see :class:`meanflow.networks.dit.DiT`; the MLP and the U-Net have the same split
+over their residual blocks), started from a flow-matching run of this
 project (``--init-from``), with a zero-initialised log-variance head ``lv(t, r)``. Every sample of a
 batch feeds two terms, each with the adaptive ("Cauchy") weight of a learned variance,
 
@@ -58,7 +59,7 @@ def log_variance_of(net: nn.Module):
     one-line UserError."""
     head = getattr(getattr(net, "module", net), "logvar", None)
     if head is None:
-        raise UserError("dmf needs a network with a log-variance head: the DiT or the MLP with "
+        raise UserError("dmf needs a network with a log-variance head: the DiT, MLP or U-Net with "
                         "network.kwargs.log_variance=true (and decoupled_depth > 0)")
     return head
 

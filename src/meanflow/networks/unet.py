@@ -102,6 +102,10 @@ class SongUNet(TangentNet):
             exactly the network of before.
         log_variance: add the zero-initialised head ``logvar(t, h) -> [B]`` of the adaptive weightings
             (sCM, DMF; not part of ``forward``), created last so the other parameters are unchanged.
+        decoupled_depth: 0, or Decoupled MeanFlow's split: the first ``k`` residual blocks in execution
+            order (encoder, middle, decoder; ``num_blocks_total`` of them) get the embedding of
+            ``(t, h = 0)``, the rest that of ``(r = t - h, h = 0)``, through the same embedding MLP, so
+            ``u(z, t, t)`` is the plain network's output (same parameters; no new ones).
     """
 
     fresh_parameters = ("logvar.",)
@@ -125,6 +129,7 @@ class SongUNet(TangentNet):
         embedding_order: str = "cos-sin",
         resample_filter: Sequence[int] = (1, 1),
         log_variance: bool = False,
+        decoupled_depth: int = 0,
     ):
         super().__init__()
         taps = _check_options(img_resolution, model_channels, channel_mult, num_blocks, dropout,
@@ -151,6 +156,12 @@ class SongUNet(TangentNet):
         self.out_norm = L.GroupNorm(cout, eps=1e-6)
         self.out_conv = xavier(nn.Conv2d(cout, self.out_channels, 3, padding=1), ZERO_GAIN)
         self.logvar = LogVarianceHead() if log_variance else None
+        blocks = [*self.enc.values(), *self.dec.values()]
+        self.num_blocks_total = sum(isinstance(m, UNetBlock) for m in blocks)
+        if int(decoupled_depth) != decoupled_depth or not 0 <= decoupled_depth < self.num_blocks_total:
+            raise UserError(f"unet decoupled_depth must be an integer in [0, {self.num_blocks_total}) (its "
+                            f"residual blocks, encoder to decoder), got {decoupled_depth!r}")
+        self.decoupled_depth = int(decoupled_depth)
 
     def _build_embedding(self, model_channels: int, emb_channels: int) -> None:
         """The embedding MLP ``feat -> emb_channels -> emb_channels`` (``feat = 2 noise_channels``:
@@ -234,6 +245,18 @@ class SongUNet(TangentNet):
         e, de = L.silu(*L.linear(self.map_layer0, e, de))
         return L.silu(*L.linear(self.map_layer1, e, de))
 
+    def _block_embeddings(self, t, h, y, dt, dh, augment_labels, guidance) -> list[L.Pair]:
+        """``(emb, demb)`` of each residual block in execution order: one embedding of ``(t, h)``, or with
+        ``decoupled_depth = k`` that of ``(t, 0)`` for the first ``k`` and of ``(t - h, 0)`` (tangent
+        ``dt - dh``) for the rest."""
+        n, k = self.num_blocks_total, self.decoupled_depth
+        if not k:
+            return [self._embed(t, h, y, dt, dh, augment_labels, guidance)] * n
+        zero, dzero = torch.zeros_like(h), None if dh is None else torch.zeros_like(dh)
+        enc = self._embed(t, zero, y, dt, dzero, augment_labels, guidance)
+        dec = self._embed(t - h, zero, y, None if dt is None else dt - dh, dzero, augment_labels, guidance)
+        return [enc] * k + [dec] * (n - k)
+
     def _time_features(self, t: Tensor, dt: Tensor | None, n: int) -> L.Pair:
         """``pos(t)`` ``[B, n]`` (EDM's endpoint frequencies) in the configured order, with tangent."""
         e, de = sinusoidal(t, dt, n, endpoint=True)
@@ -265,12 +288,12 @@ class SongUNet(TangentNet):
                 f"unet built for inputs [B, {self.in_channels}, {self.img_resolution}, "
                 f"{self.img_resolution}], got {tuple(z.shape)}"
             )
-        emb, demb = self._embed(t, h, y, dt, dh, augment_labels, guidance)
+        embs = iter(self._block_embeddings(t, h, y, dt, dh, augment_labels, guidance))
         x, dx = z, dz
         skips = []
         for block in self.enc.values():
             if isinstance(block, UNetBlock):
-                x, dx = block(x, dx, emb, demb)
+                x, dx = block(x, dx, *next(embs))
             else:
                 x, dx = L.conv2d(block, x, dx)
             skips.append((x, dx))
@@ -279,7 +302,7 @@ class SongUNet(TangentNet):
                 s, ds = skips.pop()
                 x = torch.cat([x, s], dim=1)
                 dx = None if dx is None else torch.cat([dx, ds], dim=1)
-            x, dx = block(x, dx, emb, demb)
+            x, dx = block(x, dx, *next(embs))
         x, dx = self.out_norm(x, dx)
         x, dx = L.silu(x, dx)
         return L.conv2d(self.out_conv, x, dx)
