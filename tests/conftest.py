@@ -1,7 +1,14 @@
 """Fixtures shared by every test folder."""
 
+import os
+
 import pytest
 import torch
+
+# Under pytest-xdist (``-n N``, the README's test command) each worker gets an equal share of the cores:
+# N workers at the default thread count would oversubscribe a 2-core machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture
