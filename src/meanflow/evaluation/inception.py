@@ -375,4 +375,9 @@ def load_inception(weights: str | os.PathLike | None = None, device: str | torch
     for key, shape in (("fc.weight", (NUM_CLASSES, FEATURE_DIM)), ("fc.bias", (NUM_CLASSES,))):
         state.setdefault(key, torch.full(shape, float("nan")))  # pool3-only file: no classifier
     model.load_state_dict(state)
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    if torch.device(device).type == "cpu":
+        # oneDNN's convolutions run ~1.5x faster on channels-last weights (measured, one thread); the
+        # features change only by float rounding (~1e-5)
+        model = model.to(memory_format=torch.channels_last)
+    return model
