@@ -124,7 +124,11 @@ def _add(jobs: dict, suite: Suite, out: Path, dataset: str, e: Entry, v: Variant
     run_dir = str(folder / f"seed{seed}")
     if e.trained_as:
         run_dir = jobs[dict(up)["trained_as"]].run_dir
-    points = tuple(p for p in suite.eval_points if e.share == 1.0) or (steps,)
+    # A run of the whole budget is measured at the suite's points; a chain's last stage at its own end and,
+    # in a suite with several points, at those of them within its own steps (a fine-tuning curve: DMF's
+    # 500, 1,000, ... steps after its flow-matching stage, recorded at the chain's total steps).
+    points = (suite.eval_points if e.share == 1.0
+              else tuple(p for p in suite.eval_points if p < steps) + (steps,))
     if not e.row:
         points = ()
     data = ([f"data.name={dataset}"] if suite.part == "toy" else [])

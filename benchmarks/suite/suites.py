@@ -83,9 +83,11 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           ("meanflow", "flow_matching"), 50, (0, 1), 256, "smoke.jsonl",
           "CI check of the plumbing: 2 methods x 2 seeds x 50 steps on the checkerboard"),
     Suite("curves", "toy", "toy-2d", "mlp128-b256", TOY_BASE, ("checkerboard", "8gaussians"),
-          ("meanflow", "flow_matching", "ict", "shortcut", "imf", "alphaflow", "dmf"), 20000, (0, 1, 2), 4096,
+          ("meanflow", "flow_matching", "ict", "shortcut", "imf", "alphaflow", "dmf", "sct", "soflow",
+           "splitmeanflow"), 20000, (0, 1, 2), 4096,
           "curves.jsonl",
-          "learning curves: sliced W2 against steps up to 20,000, 7 methods x 2 data sets x 3 seeds",
+          "learning curves: sliced W2 against steps up to 20,000, 10 methods x 2 data sets x 3 seeds "
+          "(sCD, which starts from its finished teacher, has no curve of its own)",
           points=(500, 1000, 2000, 5000, 10000, 20000), variants=(DEFAULT, P05)),
     Suite("ablations", "toy", "toy-2d", "mlp128-b256", TOY_BASE, ("checkerboard", "8gaussians"),
           ("meanflow",), 2000, (0, 1, 2), 4096, "ablations.jsonl",

@@ -95,6 +95,12 @@ def test_chains_count_their_upstream_steps():
     )
     assert jobs["moons/rf1/seed0"].makes_pairs and not jobs["moons/rf1/seed0"].points
     assert jobs["moons/score_sde_ode/seed0"].run_dir == jobs["moons/score_sde/seed0"].run_dir
+    assert jobs["moons/reflow/seed0"].points == (1000,)  # the head-to-head: the chain's end only
+    curves = {j.id: j for j in expand(SUITES["curves"], Path("/tmp/x"), datasets=["checkerboard"], seeds=[0],
+                                      methods=["dmf", "sct"], variants=[""])}
+    dmf = curves["checkerboard/dmf/seed0"]  # fine-tuning curve after the 10,000-step flow-matching stage
+    assert (dmf.steps, dmf.chain_offset, dmf.points) == (10000, 10000, (500, 1000, 2000, 5000, 10000))
+    assert curves["checkerboard/sct/seed0"].points == (500, 1000, 2000, 5000, 10000, 20000)
     abl = expand(SUITES["ablations"], Path("/tmp/x"), seeds=[0], variants=["ratio0", ""])
     assert sorted(j.id for j in abl) == [
         "8gaussians/meanflow/seed0",
