@@ -81,3 +81,21 @@ def test_curves_table_lists_each_point():
     text = report.curves_table(recs, "curves")
     assert "| MeanFlow | 1 | 0.300 ± 0.000 |  | 0.100 ± 0.000 |" in text
     assert SUITES["curves"].eval_points == (500, 1000, 2000, 5000, 10000, 20000)
+
+
+def test_readme_gets_the_mnist_table_without_its_setup_paragraph(tmp_path):
+    from benchmarks.suite import records
+
+    res = tmp_path / "results"
+    fid = {**_rec("meanflow", 0, 120.0, dataset="mnist", train_steps=1200, run_steps=1200, metric="fid"),
+           "setup": "unet16", "suite": "mnist"}
+    kid = {**fid, "metric": "kid", "value": 0.13}
+    records.append(res / "mnist.jsonl", [fid, kid, {**fid, "seed": 1, "value": 130.0}, {**kid, "seed": 1}])
+    readme = tmp_path / "README.md"
+    readme.write_text("# R\n\nintro\n\n<!-- suite:mnist:begin -->\n<!-- suite:mnist:end -->\n\nafter\n")
+    report.write_all(res, tmp_path / "results.md", readme, tmp_path / "plots")
+    text = readme.read_text()
+    # mean 125, sd 7.07, half = 12.706 * 7.07 / sqrt(2) = 63.5
+    assert "| MeanFlow | 1 | 125.0 ± 63.5 | 130.0 ± 0.0 | 2 | 1200 |" in text
+    assert "Suite `mnist`" not in text and "intro" in text and "after" in text
+    assert "Suite `mnist`" in (tmp_path / "results.md").read_text()
