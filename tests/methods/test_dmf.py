@@ -144,6 +144,8 @@ def test_loss_runs_and_options_are_checked():
         MLP(dim=2, depth=2, decoupled_depth=2)
     with pytest.raises(UserError, match=r"decoupled_depth must be an integer in \[0, 10\)"):
         _unet(decoupled_depth=10)
+    with pytest.raises(UserError, match="decoupled_depth must be an integer"):
+        _unet(decoupled_depth="7")
 
 
 def test_unet_split_conditions_the_later_blocks_on_r():

@@ -158,10 +158,11 @@ class SongUNet(TangentNet):
         self.logvar = LogVarianceHead() if log_variance else None
         blocks = [*self.enc.values(), *self.dec.values()]
         self.num_blocks_total = sum(isinstance(m, UNetBlock) for m in blocks)
-        if int(decoupled_depth) != decoupled_depth or not 0 <= decoupled_depth < self.num_blocks_total:
+        if not isinstance(decoupled_depth, int) or isinstance(decoupled_depth, bool) \
+                or not 0 <= decoupled_depth < self.num_blocks_total:
             raise UserError(f"unet decoupled_depth must be an integer in [0, {self.num_blocks_total}) (its "
                             f"residual blocks, encoder to decoder), got {decoupled_depth!r}")
-        self.decoupled_depth = int(decoupled_depth)
+        self.decoupled_depth = decoupled_depth
 
     def _build_embedding(self, model_channels: int, emb_channels: int) -> None:
         """The embedding MLP ``feat -> emb_channels -> emb_channels`` (``feat = 2 noise_channels``:
