@@ -71,9 +71,10 @@ def reference(path: Path = REF, images: np.ndarray | None = None, source: str = 
     return load_stats(path)
 
 
-def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF) -> list[dict]:
+def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF,
+            variant: str = "") -> list[dict]:
     """Partial records (``fid`` and ``kid`` per sampling-step count of `entry`) of checkpoint `ckpt`;
-    a 10 x 10 grid of seed 0 goes to ``docs/quality/suite/``."""
+    a 10 x 10 grid of seed 0 goes to ``docs/quality/suite/mnist-<entry>[-<variant>]-<k>step.png``."""
     from meanflow.evaluation import evaluate_images
     from meanflow.sampling import generate_uint8
     from meanflow.training.load import load_generator
@@ -89,7 +90,8 @@ def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF) 
         images = generate_uint8(method, counted, n, steps=k, seed=SAMPLE_SEED + seed, batch_size=250)
         sample_s = time.perf_counter() - t0
         if seed == 0:
-            save_png(make_grid(images[:100], ncol=10), GRIDS / f"mnist-{entry.name}-{k}step.png")
+            name = f"{entry.name}-{variant}" if variant else entry.name
+            save_png(make_grid(images[:100], ncol=10), GRIDS / f"mnist-{name}-{k}step.png")
         res = evaluate_images(images, ref, inception(), batch_size=50, progress=False,
                               kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
         extra = {"n": n, "n_ref": int(ref.n), "nfe_measured": counted.calls / -(-n // 250),

@@ -148,7 +148,8 @@ def run_job(suite: Suite, job: Job, todo: list[int], dirs: dict[str, str], resul
         else:
             from benchmarks.suite import mnist_eval
 
-            partial = mnist_eval.measure(ckpt, entry, job.seed, suite.samples, job.run_dir)
+            partial = mnist_eval.measure(ckpt, entry, job.seed, suite.samples, job.run_dir,
+                                         variant=job.variant)
         torch.set_num_threads(threads)
         wall, train_device = wall_to(run, point)
         base = {"setup": suite.setup, "dataset": job.dataset, "method": job.entry,

@@ -37,3 +37,7 @@ def test_measure_writes_fid_and_kid_per_step_count(tmp_path, monkeypatch, one_th
     assert all("kid_std" in r for r in recs if r["metric"] == "kid")
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["mnist-meanflow-1step.png",
                                                                       "mnist-meanflow-2step.png"]
+    # a variant's grids do not replace the default row's
+    mnist_eval.measure(run / "checkpoints" / "ckpt-0000005.safetensors", entry, seed=0, n=20,
+                       run_dir=str(run), ref_path=ref_path, variant="p0.5")
+    assert len(list((tmp_path / "grids").glob("mnist-meanflow-p0.5-*step.png"))) == 2
