@@ -6,6 +6,8 @@
     python -m benchmarks.suite run ablations --variants ratio0,ratio1 --jobs 2
     python -m benchmarks.suite run mnist --device cuda --train-only --jobs 4 --threads 2   # on a GPU
     python -m benchmarks.suite run mnist                    # then measure the copied runs here
+    python -m benchmarks.suite run mnist --measure-only --eval-device cuda   # beside a --train-only one
+    python -m benchmarks.suite merge lease/docs/results     # records measured elsewhere, added once
     python -m benchmarks.suite diagnose toy --datasets checkerboard   # k steps vs 1: errors per interval
     python -m benchmarks.suite report                       # docs/results.md, README tables, plots
 
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--eval-threads", type=int, default=None, help="threads while measuring (MNIST Inception)")
     r.add_argument("--device", default="cpu", help="training device: cpu or cuda (measured on the CPU)")
     r.add_argument("--train-only", action="store_true", help="train (e.g. on a GPU); measure later")
+    r.add_argument("--measure-only", action="store_true",
+                   help="train nothing: measure the owed steps already trained (may run beside --train-only)")
+    r.add_argument("--eval-device", default="cpu", help="where MNIST samples and Inception run: cpu or cuda")
     r.add_argument("--out", default="runs/suite", help="run folders (default runs/suite)")
     r.add_argument("--results", default=None, help="records file (default docs/results/<suite file>)")
     r.add_argument("--dry-run", action="store_true", help="list what would run")
@@ -52,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seeds")
     d.add_argument("--out", default="runs/suite")
     d.add_argument("--results", default=str(records.RESULTS_DIR / "diagnosis.jsonl"))
+    m = sub.add_parser("merge", help="append records from other result files whose keys are not here yet")
+    m.add_argument("sources", nargs="+", help="*.jsonl files or folders of them (each goes to the file "
+                   "of the same name under --results-dir)")
+    m.add_argument("--results-dir", default=str(records.RESULTS_DIR))
     rep = sub.add_parser("report", help="regenerate docs/results.md sections, README tables and plots")
     rep.add_argument("--results-dir", default=str(records.RESULTS_DIR))
     rep.add_argument("--markdown", default=str(records.REPO / "docs" / "results.md"))
@@ -74,12 +83,19 @@ def main(argv=None) -> int:
 
         report.write_all(Path(args.results_dir), Path(args.markdown), Path(args.readme), Path(args.plots))
         return 0
+    if args.command == "merge":
+        merged = records.merge([Path(p) for p in args.sources], Path(args.results_dir))
+        for name, (new, old) in merged.items():
+            print(f"{name}: {new} new record(s), {old} already there")
+        return 0
     if args.suite not in SUITES:
         raise ValueError(f"unknown suite {args.suite!r}; choose from {', '.join(SUITES)}")
     if args.command == "run" and (args.jobs < 1 or args.threads < 1):
         raise ValueError("--jobs and --threads must be >= 1")
-    if args.command == "run" and args.device not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    devices = (args.device, args.eval_device) if args.command == "run" else ()
+    if any(d not in ("cpu", "cuda") for d in devices):
+        raise ValueError(f"--device and --eval-device must be cpu or cuda, got {args.device!r}, "
+                         f"{args.eval_device!r}")
     suite = SUITES[args.suite]
     if args.command == "diagnose" and suite.part != "toy":
         raise ValueError("diagnose needs a 2-D suite (its reference is the exact flow of the 2-D data)")
@@ -103,7 +119,8 @@ def main(argv=None) -> int:
     summary = run_suite(suite, out=Path(args.out), results=results, datasets=_names(args.datasets),
                         methods=_names(args.methods), variants=variants, seeds=seeds, jobs=args.jobs,
                         threads=args.threads, device=args.device, train_only=args.train_only,
-                        dry_run=args.dry_run, eval_threads=args.eval_threads)
+                        dry_run=args.dry_run, eval_threads=args.eval_threads, eval_device=args.eval_device,
+                        measure_only=args.measure_only)
     return 1 if summary.get("failed") else 0
 
 

@@ -10,12 +10,14 @@ chunks (an interrupted computation resumes) under ``runs/suite/ref/``. FID is bi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.suite.records import REPO
 from benchmarks.suite.toy_eval import SAMPLE_SEED, CountCalls
@@ -29,34 +31,56 @@ CHUNK = 500
 _CACHE: dict = {}
 
 
-def inception():
-    """The FID Inception network: ``$MEANFLOW_INCEPTION_WEIGHTS``, else the shared copy (loaded once)."""
+def inception(device: str = "cpu"):
+    """The FID Inception network on `device`: ``$MEANFLOW_INCEPTION_WEIGHTS``, else the shared copy
+    (loaded once per device)."""
     from meanflow.evaluation import load_inception
 
-    if "model" not in _CACHE:
+    if device not in _CACHE:
         own = os.environ.get("MEANFLOW_INCEPTION_WEIGHTS") or not INCEPTION.is_file()
         weights = None if own else str(INCEPTION)
-        _CACHE["model"] = load_inception(weights)
-    return _CACHE["model"]
+        _CACHE[device] = load_inception(weights, device=device)
+    return _CACHE[device]
 
 
-def reference(path: Path = REF, images: np.ndarray | None = None, source: str = "mnist test"):
-    """Inception statistics of the MNIST test set (or of `images`, named `source`), computed in chunks
-    (an interrupted computation resumes from them) and cached at `path`; the chunks are removed."""
+@contextlib.contextmanager
+def full_precision(device: str):
+    """CUDA convolutions and matrix products in float32, not TF32, while measuring: Inception features
+    on a GPU then match the CPU's to float rounding (TF32 moves them by ~1e-3), so rows measured on
+    either device compare."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def reference(path: Path = REF, images: np.ndarray | None = None, source: str = "mnist test",
+              device: str = "cpu"):
+    """Inception statistics of the MNIST test set (or of `images`, named `source`), computed on `device`
+    in chunks (an interrupted computation resumes from them) and cached at `path`; the chunks are
+    removed."""
     from meanflow.evaluation import RefStats, dataset_images, extract_features, load_stats, save_stats
     from meanflow.evaluation.fid import feature_statistics
 
     if path.is_file():
         return load_stats(path)
     if images is None:
-        images = dataset_images("mnist", split="test", data_dir=str(SHARED / "mnist"))
+        shared = SHARED / "mnist"  # else the dataset's own folder ($MEANFLOW_CACHE/mnist)
+        images = dataset_images("mnist", split="test", data_dir=str(shared) if shared.is_dir() else None)
     chunks = path.with_name(path.stem + ".chunks")
     chunks.mkdir(parents=True, exist_ok=True)
     feats = []
     for i in range(0, len(images), CHUNK):
         f = chunks / f"{i:06d}.npy"
         if not f.is_file():
-            arr = extract_features(images[i:i + CHUNK], inception(), batch_size=50, progress=False)
+            with full_precision(device):
+                arr = extract_features(images[i:i + CHUNK], inception(device), batch_size=50,
+                                       device=device, progress=False)
             tmp = f.with_name(f".{f.name}.tmp{os.getpid()}.npy")
             np.save(tmp, arr)
             os.replace(tmp, f)
@@ -72,28 +96,32 @@ def reference(path: Path = REF, images: np.ndarray | None = None, source: str = 
 
 
 def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF,
-            variant: str = "") -> list[dict]:
-    """Partial records (``fid`` and ``kid`` per sampling-step count of `entry`) of checkpoint `ckpt`;
-    a 10 x 10 grid of seed 0 goes to ``docs/quality/suite/mnist-<entry>[-<variant>]-<k>step.png``."""
+            variant: str = "", device: str = "cpu") -> list[dict]:
+    """Partial records (``fid`` and ``kid`` per sampling-step count of `entry`) of checkpoint `ckpt`,
+    sampled and embedded on `device`; a 10 x 10 grid of seed 0 goes to
+    ``docs/quality/suite/mnist-<entry>[-<variant>]-<k>step.png``."""
     from meanflow.evaluation import evaluate_images
     from meanflow.sampling import generate_uint8
     from meanflow.training.load import load_generator
     from meanflow.utils.images import make_grid, save_png
 
-    ref = reference(ref_path)
-    method, net, _ = load_generator(ckpt)
+    ref = reference(ref_path, device=device)
+    method, net, _ = load_generator(ckpt, device=device)
     method = dataclasses.replace(method, **dict(entry.sample_kwargs))
     counted = CountCalls(net)
     out = []
     for k in entry.mnist_nfe:
         t0, counted.calls = time.perf_counter(), 0
-        images = generate_uint8(method, counted, n, steps=k, seed=SAMPLE_SEED + seed, batch_size=250)
+        with full_precision(device):
+            images = generate_uint8(method, counted, n, steps=k, seed=SAMPLE_SEED + seed, batch_size=250,
+                                    device=device)
         sample_s = time.perf_counter() - t0
         if seed == 0:
             name = f"{entry.name}-{variant}" if variant else entry.name
             save_png(make_grid(images[:100], ncol=10), GRIDS / f"mnist-{name}-{k}step.png")
-        res = evaluate_images(images, ref, inception(), batch_size=50, progress=False,
-                              kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
+        with full_precision(device):
+            res = evaluate_images(images, ref, inception(device), batch_size=50, device=device,
+                                  progress=False, kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
         extra = {"n": n, "n_ref": int(ref.n), "nfe_measured": counted.calls / -(-n // 250),
                  "sample_s": round(sample_s, 2)}
         out.append({"nfe": k, "metric": "fid", "value": res["fid"], **extra})

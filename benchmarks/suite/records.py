@@ -73,9 +73,35 @@ def load(paths: Iterable[Path]) -> list[dict]:
     return list(out.values())
 
 
+def merge(sources: Iterable[Path], results_dir: Path) -> dict[str, tuple[int, int]]:
+    """Append to ``results_dir/<name>.jsonl`` each record of the source file of that name (files, or
+    folders of ``*.jsonl``) whose key it lacks; ``name -> (appended, already there)``. Records measured
+    on another machine (a GPU lease, a cluster) join this way without duplicates; where both hold a key,
+    the one here stays."""
+    files: list[Path] = []
+    for p in sources:
+        p = Path(p)
+        if not p.exists():
+            raise ValueError(f"no such file or folder: {p}")
+        files += sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    out = {}
+    for f in files:
+        if f.suffix != ".jsonl":
+            raise ValueError(f"{f}: not a .jsonl records file")
+        dest = results_dir / f.name
+        have = {key_of(r) for r in load([dest])}
+        new = [r for r in load([f]) if key_of(r) not in have]
+        append(dest, new)
+        out[f.name] = (len(new), len(load([f])) - len(new))
+    return out
+
+
 def git_commit() -> str:
     """Short hash of HEAD, with ``+`` when src/ or benchmarks/ have uncommitted changes; "unknown"
-    outside a git checkout."""
+    outside a git checkout. ``$MEANFLOW_SUITE_COMMIT`` overrides it (a copy of the tree without its
+    ``.git``, e.g. on a lent GPU machine, is told the commit it was copied from)."""
+    if os.environ.get("MEANFLOW_SUITE_COMMIT"):
+        return os.environ["MEANFLOW_SUITE_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()

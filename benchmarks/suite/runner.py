@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.suite import records
 from benchmarks.suite.jobs import Job, expand, owed_keys
 from benchmarks.suite.spec import Suite
-from benchmarks.suite.train import log, run_job, trained_steps
+from benchmarks.suite.train import latest_run, log, run_job, trained_steps
 
 
 def plan(suite: Suite, jobs: list[Job], have: set[tuple], train_only: bool) -> dict[str, list[int]]:
@@ -67,11 +67,11 @@ def noise_floor(suite: Suite, datasets, seeds, have: set[tuple], results: Path) 
 
 
 @contextlib.contextmanager
-def exclusive(out: Path):
-    """Hold ``out/.lock`` for the runner's lifetime: a second runner on the same run folders (two of them
+def exclusive(out: Path, name: str = ".lock"):
+    """Hold ``out/<name>`` for the runner's lifetime: a second runner on the same run folders (two of them
     would train the same run twice) stops with a one-line error instead."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "w") as f:
+    with open(out / name, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -79,16 +79,40 @@ def exclusive(out: Path):
         yield
 
 
+def measurable(jobs: list[Job], todo: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`todo` cut to the steps whose checkpoints exist (what a measure-only pass can measure)."""
+    from meanflow.training.checkpoint import checkpoint_path
+
+    by_id = {j.id: j for j in jobs}
+    out = {}
+    for jid, points in todo.items():
+        run = latest_run(Path(by_id[jid].run_dir))
+        ready = [p for p in points if run is not None and checkpoint_path(run, p).is_file()]
+        if ready:
+            out[jid] = ready
+    return out
+
+
 def run_suite(suite: Suite, *, out: Path, results: Path, datasets=None, methods=None, variants=None,
               seeds=None, jobs: int = 2, threads: int = 1, device: str = "cpu", train_only: bool = False,
-              dry_run: bool = False, eval_threads: int | None = None) -> dict:
-    """Run what is missing of `suite` (or of the given slice); returns a summary."""
+              dry_run: bool = False, eval_threads: int | None = None, eval_device: str = "cpu",
+              measure_only: bool = False) -> dict:
+    """Run what is missing of `suite` (or of the given slice); returns a summary.
+
+    `measure_only`: train nothing; measure the owed steps whose checkpoints already exist. Such a pass
+    holds ``out/.measure.lock`` instead of ``out/.lock``, so it can run beside a ``train_only`` runner
+    on the same folders (that one measures nothing, this one trains nothing: no record is written twice).
+    """
+    if train_only and measure_only:
+        raise ValueError("--train-only and --measure-only exclude each other")
     t0 = time.perf_counter()
     all_jobs = expand(suite, out, datasets=datasets, methods=methods, variants=variants, seeds=seeds,
                       device=device)
     # Every records file beside `results` counts: a run measured by another suite is not measured again.
     have = {records.key_of(r) for r in records.load([results.parent, results])}
     todo = plan(suite, all_jobs, have, train_only)
+    if measure_only:
+        todo = measurable(all_jobs, {k: v for k, v in todo.items() if v})
     order = [j for j in all_jobs if j.id in todo]
     log(f"suite {suite.name}: {len(all_jobs)} jobs, {len(order)} to run "
         f"({sum(len(v) for v in todo.values())} measurements), {jobs} worker(s) x {threads} thread(s)")
@@ -96,9 +120,9 @@ def run_suite(suite: Suite, *, out: Path, results: Path, datasets=None, methods=
         for j in order:
             log(f"  {j.id}: measure at {todo[j.id] or '-'}")
         return {"jobs": len(all_jobs), "run": len(order), "wall_s": 0.0}
-    with exclusive(out):
+    with exclusive(out, ".measure.lock" if measure_only else ".lock"):
         return _run(suite, all_jobs, order, todo, out, results, datasets, seeds, jobs, threads, device,
-                    train_only, eval_threads, t0, have)
+                    train_only, eval_threads, t0, have, eval_device, measure_only)
 
 
 def exit_with_parent(parent: int, every: float = 2.0) -> None:
@@ -118,7 +142,7 @@ def exit_with_parent(parent: int, every: float = 2.0) -> None:
 
 
 def _run(suite, all_jobs, order, todo, out, results, datasets, seeds, jobs, threads, device, train_only,
-         eval_threads, t0, have) -> dict:
+         eval_threads, t0, have, eval_device="cpu", measure_only=False) -> dict:
     if suite.part == "toy" and not train_only:
         seeds = seeds if seeds is not None else suite.seeds
         noise_floor(suite, datasets or suite.datasets, seeds, have, results)
@@ -140,7 +164,7 @@ def _run(suite, all_jobs, order, todo, out, results, datasets, seeds, jobs, thre
             for j in ready[: max(0, jobs - len(running))]:
                 pending.remove(j)
                 fut = pool.submit(run_job, suite, j, todo[j.id], dirs, str(results), threads, device,
-                                  train_only, eval_threads)
+                                  train_only, eval_threads, eval_device, measure_only)
                 running[fut] = j.id
             if not running:
                 break

@@ -118,16 +118,19 @@ def write_pairs(suite: Suite, job: Job, run: Path, threads: int, device: str) ->
 
 
 def run_job(suite: Suite, job: Job, todo: list[int], dirs: dict[str, str], results: str, threads: int,
-            device: str, train_only: bool, eval_threads: int | None = None) -> str:
-    """Train `job` to its last step (or to the last of `todo`), measure it at each step of `todo`,
-    append the records to `results`; returns the job's id. Runs in a worker process."""
+            device: str, train_only: bool, eval_threads: int | None = None, eval_device: str = "cpu",
+            measure_only: bool = False) -> str:
+    """Train `job` to its last step (or to the last of `todo`), measure it at each step of `todo` on
+    `eval_device`, append the records to `results`; returns the job's id. Runs in a worker process.
+    `measure_only`: train nothing, measure the steps of `todo` whose checkpoints exist (the runner
+    passes only those)."""
     from meanflow.training.checkpoint import checkpoint_path
 
     torch.set_num_threads(threads)
     entry = BY_NAME[job.entry]
     final = job.steps if (job.makes_pairs or not job.points) else max(todo, default=job.steps)
-    for point in sorted({*todo, final}):
-        if job.trains:
+    for point in sorted({*todo} if measure_only else {*todo, final}):
+        if job.trains and not measure_only:
             run = train_to(suite, job, point, dirs, threads)
         else:
             run = latest_run(Path(job.run_dir))
@@ -149,18 +152,18 @@ def run_job(suite: Suite, job: Job, todo: list[int], dirs: dict[str, str], resul
             from benchmarks.suite import mnist_eval
 
             partial = mnist_eval.measure(ckpt, entry, job.seed, suite.samples, job.run_dir,
-                                         variant=job.variant)
+                                         variant=job.variant, device=eval_device)
         torch.set_num_threads(threads)
         wall, train_device = wall_to(run, point)
         base = {"setup": suite.setup, "dataset": job.dataset, "method": job.entry,
                 "variant": job.variant or None, "run_steps": suite.budget,
                 "train_steps": point + job.chain_offset, "seed": job.seed,
-                "commit": records.git_commit(), "device": records.device_name("cpu"),
+                "commit": records.git_commit(), "device": records.device_name(eval_device),
                 "train_device": train_device, "wall_s": wall, "eval_s": round(time.perf_counter() - t0, 2),
                 "date": time.strftime("%Y-%m-%d"), "suite": suite.name}
         records.append(Path(results), [{**base, **p} for p in partial])
         log(f"{job.id} @ {point}: " + ", ".join(f"{p['nfe']}-step {p['metric']} {p['value']:.4f}"
                                                 for p in partial if p["metric"] in ("sliced_w2", "fid")))
-    if job.makes_pairs:
+    if job.makes_pairs and not measure_only:
         write_pairs(suite, job, latest_run(Path(job.run_dir)), threads, device)
     return job.id

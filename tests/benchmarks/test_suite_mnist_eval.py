@@ -22,7 +22,7 @@ def test_measure_writes_fid_and_kid_per_step_count(tmp_path, monkeypatch, one_th
     cfg = resolve_config("digits", overrides=["training.steps=5", f"logging.out_dir={tmp_path}",
                                               "logging.progress=false", "logging.tensorboard=false"])
     run = train(cfg, echo=lambda _: None)
-    monkeypatch.setattr(mnist_eval, "_CACHE", {"model": cheap_features})
+    monkeypatch.setattr(mnist_eval, "_CACHE", {"cpu": cheap_features})
     monkeypatch.setattr(mnist_eval, "GRIDS", tmp_path / "grids")
     ref_path = tmp_path / "ref" / "digits.npz"
     images = dataset_images("digits", split="train")[:120]

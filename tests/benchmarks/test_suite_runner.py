@@ -120,6 +120,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["run", "smoke", "--methods", "nope"], "unknown method"),
         (["run", "smoke", "--datasets", "moons"], "unknown data set"),
         (["run", "smoke", "--seeds", "a"], "--seeds expects"),
+        (["run", "smoke", "--eval-device", "tpu"], "--eval-device must be"),
+        (["run", "smoke", "--train-only", "--measure-only"], "exclude each other"),
     ):
         p = subprocess.run(
             [sys.executable, "-m", "benchmarks.suite", *argv, "--out", str(tmp_path), "--dry-run"],
@@ -137,6 +139,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         main(["run", "smoke", "--out", str(tmp_path), "--results", str(tmp_path / "r.jsonl"), "--dry-run"])
         == 0
     )
+
+
+def test_measure_only_trains_nothing_and_runs_beside_a_training_runner(tmp_path):
+    """A measure-only pass takes its own lock: it runs while a (train-only) runner holds the folders, and
+    with nothing trained yet it has nothing to do (it never trains)."""
+    from benchmarks.suite.runner import exclusive
+
+    with exclusive(tmp_path):
+        summary = run_suite(SMOKE, out=tmp_path, results=tmp_path / "r.jsonl", jobs=1, measure_only=True)
+        assert summary["run"] == 0 and summary["done"] == 0
+        with pytest.raises(ValueError, match="another runner"):
+            run_suite(SMOKE, out=tmp_path, results=tmp_path / "r.jsonl", jobs=1)
+    assert not list(tmp_path.rglob("*.safetensors"))
+    assert {r["method"] for r in records.load([tmp_path / "r.jsonl"])} <= {"data"}  # the noise floor only
 
 
 def test_workers_exit_when_their_runner_is_gone(tmp_path):
