@@ -17,7 +17,8 @@ splits them in two; each of the two calls carries one half:
 (``ORDER``) on the GPU in a new process session, which outlives the call while the machine is warm.
 ``finish`` (call 2) joins the weights (sha256 checked), runs ``--measure-only --eval-device cuda``
 passes beside the training until it is done or ``--budget`` seconds have passed, stops the training
-(checkpoints every 200 steps) and writes to ``$OUT``: ``lease-records.tar.gz`` (the records files, the
+(a run cut off keeps only the checkpoints of the steps it reached, as a suite run writes no others), and
+writes to ``$OUT``: ``lease-records.tar.gz`` (the records files, the
 grids, the logs) and ``lease-runs-<i>.tar`` (runs whose owed steps were trained but not measured, and
 the newest checkpoint of unfinished runs, as room allows). Records carry the commit ``prepare`` read,
 the GPU as ``device`` and ``train_device``.

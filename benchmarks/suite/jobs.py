@@ -134,7 +134,7 @@ def _add(jobs: dict, suite: Suite, out: Path, dataset: str, e: Entry, v: Variant
     data = ([f"data.name={dataset}"] if suite.part == "toy" else [])
     overrides = (*suite.base, *data, f"method.name={e.method}", *e.settings(suite.part), *v.overrides,
                  f"training.seed={seed}", f"training.steps={steps}", f"training.checkpoint_every={steps}",
-                 f"training.device={device}", "training.keep_last=1000")
+                 f"training.device={device}", "training.precision=fp32", "training.keep_last=1000")
     jobs[jid] = Job(jid, dataset, e.name, v.name, seed, overrides, steps, points,
                     chain_offset(e, suite.budget), tuple(up), run_dir, makes_pairs)
     return jid

@@ -52,6 +52,20 @@ def test_resume_with_another_config_is_refused(tmp_path):
     assert Checkpoint(run).step == 4
 
 
+def test_precision_auto_resumes_as_what_it_means_on_its_device(tmp_path):
+    """'auto' is fp32 on a CPU: an fp32 run (e.g. trained so on a GPU) resumes with 'auto' on the CPU; bf16
+    (what 'auto' means on a GPU) does not."""
+    from meanflow.training.phases.resume import check_resumable
+
+    part = loop.train(tiny_toy(tmp_path, "training.precision=fp32", "training.device=cpu"), stop_at=2,
+                      echo=lambda s: None)
+    run = loop.train(tiny_toy(tmp_path, "training.precision=auto", "training.device=cpu",
+                              "training.steps=4"), resume=part, echo=lambda s: None)
+    assert Checkpoint(run).step == 4
+    with pytest.raises(UserError, match="training.precision"):
+        check_resumable(Checkpoint(run), tiny_toy(tmp_path, "training.precision=bf16"))
+
+
 def test_keep_last(tmp_path):
     run = loop.train(tiny_toy(tmp_path, "training.checkpoint_every=1", "training.keep_last=2"),
                      echo=lambda s: None)

@@ -13,6 +13,7 @@ Touches: `run.net` weights (through `load_weights`), `run.ema`, `run.target`, `r
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +53,24 @@ def check_resumable(ckpt: Checkpoint, cfg: Config) -> None:
         old = config_from_dict(ckpt.config)
     except UserError as e:
         raise UserError(f"checkpoint {ckpt.path} holds an unreadable config: {e}") from None
-    diff = config_diff(old, cfg, ignore=RESUMABLE_CHANGES)
+    diff = config_diff(_resolved_precision(old), _resolved_precision(cfg), ignore=RESUMABLE_CHANGES)
     if diff:
         key = diff[0]
         a, b = _lookup(config_to_dict(old), key), _lookup(config_to_dict(cfg), key)
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
         raise UserError(f"checkpoint {ckpt.path} is from another config: {key} is {a!r} there but {b!r} "
                         f"here{more}")
+
+
+def _resolved_precision(cfg: Config) -> Config:
+    """`cfg` with ``training.precision='auto'`` spelled out where its device fixes it (fp32 on 'cpu', bf16
+    on 'cuda'): a run trained in fp32 on a GPU resumes on a CPU with 'auto', and an 'auto' GPU run
+    (bf16) does not resume as fp32."""
+    t = cfg.training
+    if t.precision != "auto" or t.device not in ("cpu", "cuda"):
+        return cfg
+    return dataclasses.replace(cfg, training=dataclasses.replace(
+        t, precision="fp32" if t.device == "cpu" else "bf16"))
 
 
 def _lookup(d: dict, key: str) -> Any:
