@@ -9,11 +9,11 @@ splits them in two; each of the two calls carries one half:
     run(command="python3 -m benchmarks.lease start", carry=[".lease/a"], timeout_s=240)
     run(command="python3 -m benchmarks.lease finish --budget 450", carry=[".lease/b"], timeout_s=590)
     python -m benchmarks.lease collect /work/.device/<files_at>   # here: merge records, place runs
-    python -m benchmarks.suite run mnist --out runs/lease        # measure here what came back unmeasured
+    python -m benchmarks.suite run mnist --measure-only --out runs/lease   # what came back unmeasured
     python -m benchmarks.suite report
 
-``start`` (call 1) stashes its half under ``/tmp/meanflow-lease``, times the step costs on the GPU
-(``benchmarks/step_cost.py``, bounded), then starts ``--train-only`` runners of the MNIST suites
+``start`` (call 1) stashes its half under ``/tmp/meanflow-lease`` (with ``--step-cost-s``, times the
+step costs on the GPU first), then starts ``--train-only`` runners of the MNIST suites
 (``ORDER``) on the GPU in a new process session, which outlives the call while the machine is warm.
 ``finish`` (call 2) joins the weights (sha256 checked), runs ``--measure-only --eval-device cuda``
 passes beside the training until it is done or ``--budget`` seconds have passed, stops the training
@@ -186,12 +186,18 @@ def join_weights() -> Path:
 
 def finish(budget: float, jobs: int, out: Path) -> None:
     """Call 2, there: measure beside the training until it ends or `budget` s pass; pack the results."""
+    from benchmarks.suite.suites import SUITES
     t0 = time.monotonic()
     join_weights()
     log("weights joined and verified")
     pid = int((STASH / "trainer.pid").read_text()) if (STASH / "trainer.pid").is_file() else -1
     plan = json.loads((STASH / "plan.json").read_text())
     with open(STASH / "measure.log", "a") as f:
+        if any(SUITES[s].part == "mnist" for s in plan["suites"]):  # once, before parallel measurements
+            code = f"from benchmarks.suite import mnist_eval; mnist_eval.reference(device={plan['device']!r})"
+            subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=f,
+                           stderr=subprocess.STDOUT, timeout=max(budget - 30, 1), check=True)
+            log("reference statistics of the MNIST test set ready")
         while True:
             idle = not _alive(pid)
             before = _count_records()
@@ -315,7 +321,9 @@ def main(argv=None) -> int:
     pr.add_argument("--mnist", default=None, help="folder of the MNIST .gz files (default: the shared one)")
     st = sub.add_parser("start", help="device call 1: stash, GPU step costs, start training")
     st.add_argument("--jobs", type=int, default=6, help="training runs at a time on the GPU")
-    st.add_argument("--step-cost-s", type=int, default=90, help="time allowed for the step costs")
+    st.add_argument("--step-cost-s", type=int, default=0,
+                    help="seconds for benchmarks/step_cost.py on the GPU first (default 0: skipped; "
+                         "the README has H100 step costs)")
     fi = sub.add_parser("finish", help="device call 2: measure beside the training, pack into $OUT")
     fi.add_argument("--budget", type=float, default=450, help="seconds to measure before packing")
     fi.add_argument("--jobs", type=int, default=2, help="measurements at a time")
