@@ -185,19 +185,40 @@ def join_weights() -> Path:
 
 
 def finish(budget: float, jobs: int, out: Path) -> None:
-    """Call 2, there: measure beside the training until it ends or `budget` s pass; pack the results."""
-    from benchmarks.suite.suites import SUITES
+    """Call 2, there: measure beside the training until it ends or `budget` s pass; then stop the
+    training and pack, also when the weights or a measurement failed (the trained runs still come back)."""
     t0 = time.monotonic()
-    join_weights()
-    log("weights joined and verified")
     pid = int((STASH / "trainer.pid").read_text()) if (STASH / "trainer.pid").is_file() else -1
-    plan = json.loads((STASH / "plan.json").read_text())
+    plan = json.loads((STASH / "plan.json").read_text()) if (STASH / "plan.json").is_file() else None
+    if plan is None:
+        raise ValueError("no lease started here: run `start` first (the machine may have been given back)")
+    try:
+        join_weights()
+        log("weights joined and verified")
+        _measure_beside(plan, pid, budget - (time.monotonic() - t0), jobs)
+    except (ValueError, subprocess.SubprocessError, OSError) as e:
+        log(f"measuring stopped: {e}")
+    finally:
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            time.sleep(3)
+            log("training stopped")
+        pack(out, plan["suites"])
+
+
+def _measure_beside(plan: dict, pid: int, budget: float, jobs: int) -> None:
+    """Measure-only passes over `plan`'s suites until training (`pid`) is over and a pass finds nothing
+    new, or `budget` seconds have passed."""
+    from benchmarks.suite.suites import SUITES
+
+    t0 = time.monotonic()
     with open(STASH / "measure.log", "a") as f:
         if any(SUITES[s].part == "mnist" for s in plan["suites"]):  # once, before parallel measurements
             code = f"from benchmarks.suite import mnist_eval; mnist_eval.reference(device={plan['device']!r})"
             subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), stdout=f,
                            stderr=subprocess.STDOUT, timeout=max(budget - 30, 1), check=True)
             log("reference statistics of the MNIST test set ready")
+        measure = ("--measure-only", "--eval-device", plan["device"], "--jobs", str(jobs))
         while True:
             idle = not _alive(pid)
             before = _count_records()
@@ -206,21 +227,15 @@ def finish(budget: float, jobs: int, out: Path) -> None:
                 if left < 5:
                     break
                 try:
-                    measure = ("--measure-only", "--eval-device", plan["device"], "--jobs", str(jobs))
-                    subprocess.run(_suite(s, *measure),
-                                   cwd=REPO, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=left)
+                    subprocess.run(_suite(s, *measure), cwd=REPO, env=_env(), stdout=f,
+                                   stderr=subprocess.STDOUT, timeout=left)
                 except subprocess.TimeoutExpired:
                     break
             measured = _count_records() - before
             log(f"measure pass: {measured} record(s); training {'done' if idle else 'running'}")
             if (idle and measured == 0) or budget - (time.monotonic() - t0) < 5:
-                break
+                return
             time.sleep(5 if measured == 0 else 0)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        time.sleep(3)
-        log("training stopped at the budget")
-    pack(out, plan["suites"])
 
 
 def _count_records() -> int:
