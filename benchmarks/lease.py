@@ -27,7 +27,6 @@ the GPU as ``device`` and ``train_device``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import os
@@ -56,11 +55,9 @@ def log(msg: str) -> None:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from meanflow.data.pairs import sha256_file
+
+    return sha256_file(path)
 
 
 def tree_bytes() -> int:
