@@ -132,8 +132,10 @@ def _add(jobs: dict, suite: Suite, out: Path, dataset: str, e: Entry, v: Variant
     if not e.row:
         points = ()
     data = ([f"data.name={dataset}"] if suite.part == "toy" else [])
-    overrides = (*suite.base, *data, f"method.name={e.method}", *e.settings(suite.part), *v.overrides,
-                 f"training.seed={seed}", f"training.steps={steps}", f"training.checkpoint_every={steps}",
+    # A checkpoint at the end (and at each measured step, where the runner stops the run) unless the
+    # suite's base asks for more (MNIST: every 200 steps, so a run cut off by a session's end resumes).
+    overrides = (f"training.checkpoint_every={steps}", *suite.base, *data, f"method.name={e.method}",
+                 *e.settings(suite.part), *v.overrides, f"training.seed={seed}", f"training.steps={steps}",
                  f"training.device={device}", "training.precision=fp32", "training.keep_last=1000")
     jobs[jid] = Job(jid, dataset, e.name, v.name, seed, overrides, steps, points,
                     chain_offset(e, suite.budget), tuple(up), run_dir, makes_pairs)

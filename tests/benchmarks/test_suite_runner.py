@@ -84,6 +84,19 @@ def test_smoke_suite_end_to_end_and_resume(tmp_path, one_thread, monkeypatch):
     assert len(diag.read_text().splitlines()) == n  # nothing redone
 
 
+def test_checkpoints_every_200_steps_on_mnist_and_at_the_end_on_2d(tmp_path):
+    """A suite's base may ask for periodic checkpoints (MNIST's runs take an hour on the CPU and must resume
+    after a session's end); without one a run checkpoints at its end (and where the runner stops it)."""
+    from meanflow.training.presets import resolve_config
+
+    for name, every in (("mnist", 200), ("curves", 20000), ("smoke", 50)):
+        suite = SUITES[name]
+        job = next(j for j in expand(suite, tmp_path) if j.entry == "meanflow")
+        cfg = resolve_config(suite.preset, overrides=list(job.overrides))
+        assert cfg.training.checkpoint_every == every, name
+        assert cfg.training.precision == "fp32"
+
+
 def test_chains_count_their_upstream_steps():
     jobs = {j.id: j for j in expand(SUITES["toy"], Path("/tmp/x"), datasets=["moons"], seeds=[0])}
     offsets = {j.entry: j.chain_offset + j.steps for j in jobs.values() if j.trains}
