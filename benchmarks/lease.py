@@ -12,6 +12,9 @@ splits them in two; each of the two calls carries one half:
     python -m benchmarks.suite run mnist --measure-only --out runs/lease   # what came back unmeasured
     python -m benchmarks.suite report
 
+A rehearsal on a CPU machine (a copy of the checkout, ``$OUT`` set): ``start --device cpu --suites smoke``,
+then ``finish``.
+
 ``start`` (call 1) stashes its half under ``/tmp/meanflow-lease`` (with ``--step-cost-s``, times the
 step costs on the GPU first), then starts ``--train-only`` runners of the MNIST suites
 (``ORDER``) on the GPU in a new process session, which outlives the call while the machine is warm.
@@ -335,6 +338,9 @@ def main(argv=None) -> int:
     pr.add_argument("--mnist", default=None, help="folder of the MNIST .gz files (default: the shared one)")
     st = sub.add_parser("start", help="device call 1: stash, GPU step costs, start training")
     st.add_argument("--jobs", type=int, default=6, help="training runs at a time on the GPU")
+    st.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: a rehearsal of the plumbing on a CPU machine (with e.g. --suites smoke)")
+    st.add_argument("--suites", default=",".join(ORDER), help=f"comma-separated (default {','.join(ORDER)})")
     st.add_argument("--step-cost-s", type=int, default=0,
                     help="seconds for benchmarks/step_cost.py on the GPU first (default 0: skipped; "
                          "the README has H100 step costs)")
@@ -354,7 +360,14 @@ def main(argv=None) -> int:
         prepare(Path(args.weights) if args.weights else INCEPTION,
                 Path(args.mnist) if args.mnist else SHARED / "mnist")
     elif args.command == "start":
-        start(args.jobs, args.step_cost_s, out)
+        from benchmarks.suite.suites import SUITES
+
+        suites = tuple(x for x in args.suites.split(",") if x)
+        unknown = [x for x in suites if x not in SUITES]
+        if unknown or not suites:
+            raise ValueError(f"unknown suite(s) {', '.join(unknown) or '(none)'}; "
+                             f"choose from {', '.join(SUITES)}")
+        start(args.jobs, args.step_cost_s, out, device=args.device, suites=suites)
     elif args.command == "finish":
         finish(args.budget, args.jobs, out)
     else:
