@@ -3,6 +3,7 @@ joined and verified; training runs in the background while measure-only passes r
 but not measured comes back as checkpoints; `collect` merges the records once."""
 
 import json
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -112,3 +113,20 @@ def test_prepare_refuses_missing_inputs(kit):
     tmp, weights, _ = kit
     with pytest.raises(ValueError, match="MNIST"):
         lease.prepare(weights, tmp / "nowhere")
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for argv, msg in ((["start", "--device", "cpu", "--suites", "nope"], "unknown suite"),
+                      (["collect", str(tmp_path)], "no lease-records.tar.gz"),
+                      (["finish"], None)):
+        p = subprocess.run([sys.executable, "-m", "benchmarks.lease", *argv], cwd=root, capture_output=True,
+                           text=True, env={**os.environ, "OUT": str(tmp_path / "out")})
+        if msg is None:  # finish without a start here: nothing to finish (unless a real lease is on)
+            if Path("/tmp/meanflow-lease/plan.json").exists():
+                continue
+            msg = "no lease started here"
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
