@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.suite import records
 from benchmarks.suite.jobs import Job, expand, owed_keys
 from benchmarks.suite.spec import Suite
-from benchmarks.suite.train import latest_run, log, run_job, trained_steps
+from benchmarks.suite.train import latest_run, log, run_job, segments, trained_steps
 
 
 def plan(suite: Suite, jobs: list[Job], have: set[tuple], train_only: bool) -> dict[str, list[int]]:
@@ -80,14 +80,17 @@ def exclusive(out: Path, name: str = ".lock"):
 
 
 def measurable(jobs: list[Job], todo: dict[str, list[int]]) -> dict[str, list[int]]:
-    """`todo` cut to the steps whose checkpoints exist (what a measure-only pass can measure)."""
+    """`todo` cut to the steps whose checkpoints exist and whose training segment is on record (what a
+    measure-only pass can measure: a checkpoint just written by a runner training beside it counts once
+    that runner has logged the segment's wall time)."""
     from meanflow.training.checkpoint import checkpoint_path
 
     by_id = {j.id: j for j in jobs}
     out = {}
     for jid, points in todo.items():
         run = latest_run(Path(by_id[jid].run_dir))
-        ready = [p for p in points if run is not None and checkpoint_path(run, p).is_file()]
+        logged = max((s["to"] for s in segments(run)), default=-1) if run is not None else -1
+        ready = [p for p in points if p <= logged and checkpoint_path(run, p).is_file()]
         if ready:
             out[jid] = ready
     return out

@@ -49,14 +49,38 @@ def trained_steps(parent: str | Path) -> int:
     return 0 if run is None else Checkpoint(run).step
 
 
-def _segments(run: Path) -> list[dict]:
+def segments(run: Path) -> list[dict]:
+    """The training segments of `run` on record (``suite_train.json``): from, to, wall_s, device."""
     path = run / "suite_train.json"
     return json.loads(path.read_text())["segments"] if path.is_file() else []
 
 
+def _unlogged(run: Path, start: int, device: str) -> list[dict]:
+    """The segment a killed worker trained but never put on record (from its last logged segment's end to
+    the checkpoint at `start` it left, e.g. at a session's end), its wall time summed from the run's
+    ``log.jsonl`` (``sec_per_step`` x steps per log line) and marked ``"estimated"``; [] when none.
+    `device`: the checkpoint's ``training.device``."""
+    done = max((s["to"] for s in segments(run)), default=0)
+    if start <= done or not (run / "log.jsonl").is_file():
+        return []
+    steps: dict[int, float] = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "sec_per_step" in rec and done < rec.get("step", -1) <= start:
+            steps.setdefault(int(rec["step"]), float(rec["sec_per_step"]))
+    wall, prev = 0.0, done
+    for step in sorted(steps):
+        wall, prev = wall + steps[step] * (step - prev), step
+    return [{"from": done, "to": start, "wall_s": round(wall, 2), "device": records.device_name(device),
+             "estimated": True}]
+
+
 def wall_to(run: Path, step: int) -> tuple[float, str]:
     """Training wall seconds to reach `step` (segments ending at or before it) and the device(s)."""
-    segs = [s for s in _segments(run) if s["to"] <= step]
+    segs = [s for s in segments(run) if s["to"] <= step]
     devices = sorted({s["device"] for s in segs}) or ["unknown"]
     return round(sum(s["wall_s"] for s in segs), 2), ", ".join(devices)
 
@@ -90,10 +114,12 @@ def train_to(suite: Suite, job: Job, point: int, dirs: dict[str, str], threads: 
         "logging.progress=false", f"training.num_threads={threads}", "logging.tensorboard=false"])
     start = 0 if run is None else Checkpoint(run).step
     log(f"{job.id}: training {start} -> {point} of {job.steps}")
+    gap = _unlogged(run, start, Checkpoint(run).config["training"]["device"]) if run is not None else []
     t0 = time.perf_counter()
     run = train(cfg, resume=run, stop_at=point if point < job.steps else None, echo=lambda _: None)
-    segs = [*_segments(run), {"from": start, "to": Checkpoint(run).step, "wall_s": time.perf_counter() - t0,
-                              "device": records.device_name(cfg.training.device)}]
+    segs = [*segments(run), *gap, {"from": start, "to": Checkpoint(run).step,
+                                   "wall_s": time.perf_counter() - t0,
+                                   "device": records.device_name(cfg.training.device)}]
     tmp = run / f".suite_train.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps({"segments": segs}, indent=1) + "\n")
     os.replace(tmp, run / "suite_train.json")

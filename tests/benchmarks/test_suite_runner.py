@@ -97,6 +97,23 @@ def test_checkpoints_every_200_steps_on_mnist_and_at_the_end_on_2d(tmp_path):
         assert cfg.training.precision == "fp32"
 
 
+def test_a_segment_cut_off_by_a_kill_is_put_on_record_from_the_log(tmp_path):
+    """A worker killed after its checkpoint at 400 but before logging its segment (a session's end): the
+    resumed run records 200 -> 400 with the wall time of its log lines, marked estimated."""
+    from benchmarks.suite.train import _unlogged, wall_to
+
+    (tmp_path / "suite_train.json").write_text(json.dumps(
+        {"segments": [{"from": 0, "to": 200, "wall_s": 300.0, "device": "cpu"}]}))
+    lines = [{"step": k, "sec_per_step": 1.5 if k <= 200 else 2.0} for k in range(50, 451, 50)]
+    lines.insert(5, {"step": 250, "sec_per_step": 9.0, "loss": 1.0})  # a duplicate step from an earlier try
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"torn')
+    (gap,) = _unlogged(tmp_path, 400, "cpu")
+    assert (gap["from"], gap["to"], gap["estimated"]) == (200, 400, True)
+    assert gap["wall_s"] == 4 * 50 * 2.0  # steps 250, 300, 350, 400 at 2 s each (the first 250 line kept)
+    assert _unlogged(tmp_path, 200, "cpu") == []
+    assert wall_to(tmp_path, 200)[0] == 300.0
+
+
 def test_chains_count_their_upstream_steps():
     jobs = {j.id: j for j in expand(SUITES["toy"], Path("/tmp/x"), datasets=["moons"], seeds=[0])}
     offsets = {j.entry: j.chain_offset + j.steps for j in jobs.values() if j.trains}
