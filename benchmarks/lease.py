@@ -311,6 +311,8 @@ def collect(path: Path, results_dir: Path, grids: Path, runs: Path) -> None:
 
     from benchmarks.suite import records
 
+    if not path.is_dir():
+        raise ValueError(f"no such folder: {path}")
     found = sorted(path.rglob("lease-records.tar.gz"))
     if not found:
         raise ValueError(f"no lease-records.tar.gz under {path}")
@@ -374,7 +376,11 @@ def main(argv=None) -> int:
         from benchmarks.suite import records
         from benchmarks.suite.mnist_eval import GRIDS
 
-        collect(Path(args.path), records.RESULTS_DIR, GRIDS, REPO / args.runs)
+        try:
+            collect(Path(args.path), records.RESULTS_DIR, GRIDS, REPO / args.runs)
+        except tarfile.TarError as e:
+            first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+            raise ValueError(f"a returned archive is damaged ({first})") from None
     return 0
 
 

@@ -120,8 +120,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     import sys
 
     root = Path(__file__).resolve().parents[2]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "lease-records.tar.gz").write_bytes(b"not an archive")
     for argv, msg in ((["start", "--device", "cpu", "--suites", "nope"], "unknown suite"),
-                      (["collect", str(tmp_path)], "no lease-records.tar.gz"),
+                      (["collect", str(damaged)], "a returned archive is damaged"),
+                      (["collect", str(tmp_path / "out")], "no such folder"),
                       (["finish"], None)):
         p = subprocess.run([sys.executable, "-m", "benchmarks.lease", *argv], cwd=root, capture_output=True,
                            text=True, env={**os.environ, "OUT": str(tmp_path / "out")})
