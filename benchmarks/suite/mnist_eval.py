@@ -115,13 +115,12 @@ def measure(ckpt, entry, seed: int, n: int, run_dir: str, ref_path: Path = REF,
         with full_precision(device):
             images = generate_uint8(method, counted, n, steps=k, seed=SAMPLE_SEED + seed, batch_size=250,
                                     device=device)
-        sample_s = time.perf_counter() - t0
+            sample_s = time.perf_counter() - t0
+            res = evaluate_images(images, ref, inception(device), batch_size=50, device=device,
+                                  progress=False, kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
         if seed == 0:
             name = f"{entry.name}-{variant}" if variant else entry.name
             save_png(make_grid(images[:100], ncol=10), GRIDS / f"mnist-{name}-{k}step.png")
-        with full_precision(device):
-            res = evaluate_images(images, ref, inception(device), batch_size=50, device=device,
-                                  progress=False, kid_subset_size=min(1000, n), seed=seed, fid_method="eigh")
         extra = {"n": n, "n_ref": int(ref.n), "nfe_measured": counted.calls / -(-n // 250),
                  "sample_s": round(sample_s, 2)}
         out.append({"nfe": k, "metric": "fid", "value": res["fid"], **extra})

@@ -90,9 +90,10 @@ def merge(sources: Iterable[Path], results_dir: Path) -> dict[str, tuple[int, in
             raise ValueError(f"{f}: not a .jsonl records file")
         dest = results_dir / f.name
         have = {key_of(r) for r in load([dest])}
-        new = [r for r in load([f]) if key_of(r) not in have]
+        incoming = load([f])
+        new = [r for r in incoming if key_of(r) not in have]
         append(dest, new)
-        out[f.name] = (len(new), len(load([f])) - len(new))
+        out[f.name] = (len(new), len(incoming) - len(new))
     return out
 
 
