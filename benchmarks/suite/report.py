@@ -229,7 +229,26 @@ def curves_table(recs: list[dict], suite_name: str = "curves", metric: str = "sl
                     row = " | ".join(_cell(c, metric) for c in cells)
                     lines.append(f"| {text} | {k} | {row} |")
         lines.append("")
+        between = _between_columns(summ, suite, ds, metric)
+        if between:
+            lines += ["Measured between the columns (a chain counts its earlier stages' steps): "
+                      + "; ".join(between) + ".", ""]
     return "\n".join(lines)
+
+
+def _between_columns(summ: dict, suite, dataset: str, metric: str) -> list[str]:
+    """The points of a curve that fall between the table's columns (Decoupled MeanFlow's, which start
+    after its flow-matching stage), as ``"<row>, <k> step(s): <step>: <cell>, ..."``."""
+    out = []
+    for name, variant, text in rows_of(suite):
+        for k in BY_NAME[name].nfe(suite.part):
+            off = sorted((key[5], s) for key, s in summ.items()
+                         if key[:5] == (suite.setup, dataset, name, variant, suite.budget)
+                         and key[6:] == (k, metric) and key[5] not in suite.eval_points)
+            if off:
+                cells = ", ".join(f"{p:,}: {_cell(s, metric)}" for p, s in off)
+                out.append(f"{text}, {k} step{'s' if k > 1 else ''} at {cells}")
+    return out
 
 
 def diagnosis_tables(recs: list[dict], setup: str = "mlp128-b256") -> str:

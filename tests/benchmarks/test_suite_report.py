@@ -81,6 +81,20 @@ def test_curves_table_lists_each_point():
     text = report.curves_table(recs, "curves")
     assert "| MeanFlow | 1 | 0.300 ± 0.000 |  | 0.100 ± 0.000 |" in text
     assert SUITES["curves"].eval_points == (500, 1000, 2000, 5000, 10000, 20000)
+    assert "between the columns" not in text
+
+
+def test_curves_table_names_points_between_its_columns():
+    """A chain's curve (DMF after a 10,000-step flow-matching stage) is measured at 10,500 ... 20,000
+    steps: the on-grid point goes in its column, the rest in a line under the table."""
+    recs = [_rec("dmf", s, v, train_steps=p, run_steps=20000)
+            for p, v in ((10500, 0.4), (20000, 0.2)) for s in range(3)]
+    text = report.curves_table(recs, "curves")
+    row = next(line for line in text.splitlines()
+               if line.startswith("| Decoupled MeanFlow") and "| 1 |" in line)
+    assert row.endswith("|  | 0.200 ± 0.000 |")
+    assert "Decoupled MeanFlow (from flow matching, 1/2 + 1/2), 1 step at 10,500: 0.400 ± 0.000" in text
+    assert "20,000: 0.200" not in text
 
 
 def test_readme_gets_the_mnist_table_without_its_setup_paragraph(tmp_path):
