@@ -238,7 +238,7 @@ def curves_table(recs: list[dict], suite_name: str = "curves", metric: str = "sl
 
 def _between_columns(summ: dict, suite, dataset: str, metric: str) -> list[str]:
     """The points of a curve that fall between the table's columns (Decoupled MeanFlow's, which start
-    after its flow-matching stage), as ``"<row>, <k> step(s): <step>: <cell>, ..."``."""
+    after its flow-matching stage), as ``"<row>, <k> step(s) at <step>: <cell>, ..."``."""
     out = []
     for name, variant, text in rows_of(suite):
         for k in BY_NAME[name].nfe(suite.part):

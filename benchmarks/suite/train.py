@@ -107,14 +107,15 @@ def train_to(suite: Suite, job: Job, point: int, dirs: dict[str, str], threads: 
 
     parent = Path(job.run_dir)
     run = latest_run(parent)
-    if run is not None and Checkpoint(run).step >= point:
+    ck = None if run is None else Checkpoint(run)
+    if ck is not None and ck.step >= point:
         return run
     cfg = resolve_config(suite.preset, overrides=[
         *job.overrides, *_upstream_overrides(job, dirs), f"logging.out_dir={parent}",
         "logging.progress=false", f"training.num_threads={threads}", "logging.tensorboard=false"])
-    start = 0 if run is None else Checkpoint(run).step
+    start = 0 if ck is None else ck.step
     log(f"{job.id}: training {start} -> {point} of {job.steps}")
-    gap = _unlogged(run, start, Checkpoint(run).config["training"]["device"]) if run is not None else []
+    gap = [] if ck is None else _unlogged(run, start, ck.config["training"]["device"])
     t0 = time.perf_counter()
     run = train(cfg, resume=run, stop_at=point if point < job.steps else None, echo=lambda _: None)
     segs = [*segments(run), *gap, {"from": start, "to": Checkpoint(run).step,
